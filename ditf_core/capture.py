@@ -1,0 +1,89 @@
+"""Capture what enters chosen transformer blocks, and stop the forward pass after the last of them.
+
+One mechanism for every diffusers family: a forward pre-hook on each requested block reads the block's inputs
+(by name and by position), keeps a copy, and on the deepest requested block raises a private ``StopForward`` so
+the rest of the model never runs. Hooks are removed in ``finally``: after success, errors and
+KeyboardInterrupt alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .families import DiTFamily
+
+
+class StopForward(Exception):
+    """Raised inside the model to end the forward pass early; never escapes :func:`capture_blocks`."""
+
+
+@dataclass(frozen=True)
+class BlockInput:
+    """What entered one block: image hidden states [B, N, C] and the conditioning vector [B, D]."""
+
+    hidden: torch.Tensor
+    temb: torch.Tensor
+
+
+def check_layers(transformer: nn.Module, family: DiTFamily, layers: Iterable[int]) -> list[int]:
+    """Sorted unique global block indices, or a ``ValueError`` naming the valid range."""
+    depth = len(family.blocks(transformer))
+    checked = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer must be an int block index, got {layer!r}")
+        if not 0 <= layer < depth:
+            split = family.split(transformer)
+            detail = f" (0..{split - 1} double blocks, {split}..{depth - 1} single blocks)" if split < depth else ""
+            raise ValueError(f"layer {layer} is out of range for this {family.label}: use 0..{depth - 1}{detail}.")
+        checked.append(layer)
+    if not checked:
+        raise ValueError("no layer given: pass at least one block index")
+    return sorted(set(checked))
+
+
+def capture_blocks(
+    transformer: nn.Module,
+    family: DiTFamily,
+    layers: Iterable[int],
+    run: Callable[[], object],
+) -> dict[int, BlockInput]:
+    """Call ``run()`` (which runs ``transformer``) and return the inputs of blocks ``layers``.
+
+    The forward pass stops when the deepest requested block is reached. Captured tensors are detached copies:
+    hosts may modify block inputs in place.
+    """
+    layers = check_layers(transformer, family, layers)
+    blocks = family.blocks(transformer)
+    last = layers[-1]
+    captured: dict[int, BlockInput] = {}
+
+    def hook_for(index: int):
+        def hook(module, args, kwargs):
+            hidden, temb = family.block_inputs(args, kwargs)
+            captured[index] = BlockInput(hidden.detach().clone(), temb.detach().clone())
+            if index == last:
+                raise StopForward
+            return None
+
+        return hook
+
+    handles = []
+    try:
+        for index in layers:
+            handles.append(blocks[index].register_forward_pre_hook(hook_for(index), with_kwargs=True))
+        try:
+            run()
+        except StopForward:
+            pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [i for i in layers if i not in captured]
+    if missing:
+        raise RuntimeError(f"the forward pass never reached block(s) {missing}; is the model's forward patched?")
+    return captured

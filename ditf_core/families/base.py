@@ -1,0 +1,170 @@
+"""What every DiT family adapter provides, and the pieces they share.
+
+An adapter is data-light: it knows the block list, where double/joint blocks end, how the host calls the
+model, where a block's AdaLN modulation layer is, and the family's default settings. Everything else (capture,
+ensembling, the recipe) is family-agnostic and lives in :mod:`ditf_core.capture` and :mod:`ditf_core.recipe`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """Settings used when the caller leaves them out, and where they come from."""
+
+    layer: int
+    t: float
+    resolution: int
+    ensemble: int
+    source: str
+
+
+@dataclass(frozen=True)
+class Modulation:
+    """A block's AdaLN modulation of its attention branch, each ``[B, C]`` float32."""
+
+    shift: torch.Tensor
+    scale: torch.Tensor
+    gate: torch.Tensor
+
+
+class DiTFamily:
+    """Base class of a family adapter. Subclasses fill in the class attributes and the abstract methods."""
+
+    name: str = ""
+    label: str = ""
+    patch: int = 2  # latent cells per token side
+    zero_text_tokens: int = 256  # text length of zero conditioning (models loaded without text encoders)
+    vae_factor: int = 8  # pixels per latent cell
+    # How the family's blocks receive (image hidden states, conditioning vector): (keyword, position).
+    hidden_arg: tuple[str, int] = ("hidden_states", 0)
+    temb_arg: tuple[str, int] = ("temb", 2)
+
+    # --- identification -------------------------------------------------------------------------------
+    def matches(self, transformer: nn.Module) -> bool:
+        raise NotImplementedError
+
+    # --- structure ------------------------------------------------------------------------------------
+    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        """All transformer blocks in execution order; the global layer index indexes this list."""
+        raise NotImplementedError
+
+    def split(self, transformer: nn.Module) -> int:
+        """Index of the first single-stream block (equals the depth when the family has none)."""
+        return len(self.blocks(transformer))
+
+    def block_kind(self, transformer: nn.Module, layer: int) -> str:
+        return "double" if layer < self.split(transformer) else "single"
+
+    def adaln_linear(self, block: nn.Module) -> nn.Linear:
+        """The block's modulation layer; its output chunks start with (shift, scale, gate) of attention."""
+        raise NotImplementedError
+
+    def attention_out(self, block: nn.Module) -> nn.Linear:
+        """The projection whose output the attention-branch gate multiplies into the residual stream."""
+        raise NotImplementedError
+
+    def hidden_size(self, transformer: nn.Module) -> int:
+        return int(transformer.inner_dim)
+
+    def latent_channels(self, transformer: nn.Module) -> int:
+        """Channels of the VAE latent the model denoises (before any token packing)."""
+        return int(transformer.config.in_channels)
+
+    # --- running --------------------------------------------------------------------------------------
+    def defaults(self, transformer: nn.Module) -> FamilyDefaults:
+        raise NotImplementedError
+
+    def check_conditioning(self, transformer: nn.Module, text_embeds: torch.Tensor, pooled: torch.Tensor) -> None:
+        cfg = transformer.config
+        if text_embeds.ndim != 3 or text_embeds.shape[-1] != cfg.joint_attention_dim:
+            raise ValueError(
+                f"text_embeds must be [B, L, {cfg.joint_attention_dim}] for this {self.label}, got "
+                f"{list(text_embeds.shape)}; encode the prompt with this model's own text encoders."
+            )
+        if pooled.ndim != 2 or pooled.shape[-1] != cfg.pooled_projection_dim:
+            raise ValueError(
+                f"pooled must be [B, {cfg.pooled_projection_dim}] for this {self.label}, got {list(pooled.shape)}."
+            )
+
+    def check_latent_size(self, transformer: nn.Module, height: int, width: int) -> None:
+        """Raise a clear error when a latent of ``height x width`` cells cannot go through the model."""
+        if height % self.patch or width % self.patch:
+            raise ValueError(
+                f"latent size {height}x{width} must be a multiple of {self.patch}; "
+                f"resize the image to a multiple of {self.patch * self.vae_factor} pixels."
+            )
+
+    def forward(
+        self,
+        transformer: nn.Module,
+        x_t: torch.Tensor,
+        t: float,
+        text_embeds: torch.Tensor,
+        pooled: torch.Tensor,
+        guidance: float,
+    ) -> Any:
+        """Run the host model on noisy latents ``x_t`` [B, C_lat, H, W] at flow-matching time ``t``."""
+        raise NotImplementedError
+
+    def block_inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image hidden states [B, N, C], conditioning vector [B, D]) from a block's call arguments."""
+        return _argument(args, kwargs, *self.hidden_arg), _argument(args, kwargs, *self.temb_arg)
+
+    # --- shared computations --------------------------------------------------------------------------
+    def modulation(self, block: nn.Module, temb: torch.Tensor, hidden_size: int) -> Modulation:
+        """Recompute the block's attention-branch AdaLN modulation from its own layer, in float32."""
+        return adaln_modulation(self.adaln_linear(block), temb, hidden_size)
+
+    def tokens_to_map(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Image tokens [B, N, C] in row-major patch order -> feature map [B, C, h, w]."""
+        b, n, c = tokens.shape
+        h, w = grid
+        if n != h * w:
+            raise ValueError(f"expected {h * w} image tokens for a {h}x{w} grid, got {n}")
+        return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+    def fingerprint(self, transformer: nn.Module) -> dict:
+        """A short, stable description of the model: family, class and a hash of its config."""
+        config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        blocks = self.blocks(transformer)
+        return {
+            "family": self.name,
+            "class": type(transformer).__name__,
+            "config_sha256": digest,
+            "depth": len(blocks),
+            "split": self.split(transformer),
+            "hidden_size": self.hidden_size(transformer),
+        }
+
+
+def adaln_modulation(linear: nn.Module, temb: torch.Tensor, hidden_size: int) -> Modulation:
+    """(shift, scale, gate) of an AdaLN-zero layer ``linear(silu(temb))``, computed in float32.
+
+    The weights are upcast so that bf16/fp16 models give the same modulation as their fp32 originals up to the
+    rounding of the stored weights.
+    """
+    weight = linear.weight.to(device=temb.device, dtype=torch.float32)
+    bias = None if linear.bias is None else linear.bias.to(device=temb.device, dtype=torch.float32)
+    emb = F.linear(F.silu(temb.to(torch.float32)), weight, bias)
+    c = hidden_size
+    return Modulation(shift=emb[:, :c], scale=emb[:, c : 2 * c], gate=emb[:, 2 * c : 3 * c])
+
+
+def _argument(args: tuple, kwargs: dict, name: str, position: int) -> torch.Tensor:
+    """A call argument read by name and, failing that, by position (some hosts call blocks positionally)."""
+    if name in kwargs:
+        return kwargs[name]
+    if len(args) > position:
+        return args[position]
+    raise RuntimeError(f"block was called without '{name}' (positional {position}); unsupported host code")

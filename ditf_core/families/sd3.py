@@ -1,0 +1,74 @@
+"""SD3 / SD3.5 MMDiT as diffusers' ``SD3Transformer2DModel`` (joint blocks; SD3.5 adds dual attention, qk norm).
+
+All blocks are joint (two-stream) blocks; the image stream's ``hidden_states`` is image tokens only, row-major
+over the (H/2, W/2) patch grid.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import DiTFamily, FamilyDefaults
+
+# No DiTF setting was published for SD3; we keep Flux's relative depth (28 of 57 ~ 0.49) and its timestep.
+RELATIVE_DEPTH = 28 / 57
+
+
+class SD3Family(DiTFamily):
+    name = "sd3"
+    label = "SD3/SD3.5 transformer"
+    zero_text_tokens = 333  # 77 CLIP + 256 T5 tokens
+
+    def matches(self, transformer: nn.Module) -> bool:
+        from diffusers import SD3Transformer2DModel
+
+        return isinstance(transformer, SD3Transformer2DModel)
+
+    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        return list(transformer.transformer_blocks)
+
+    def block_kind(self, transformer: nn.Module, layer: int) -> str:
+        return "joint"
+
+    def adaln_linear(self, block: nn.Module) -> nn.Linear:
+        # AdaLayerNormZero (6 chunks) or SD3.5's SD35AdaLayerNormZeroX (9); both start with shift, scale, gate.
+        return block.norm1.linear
+
+    def attention_out(self, block: nn.Module) -> nn.Linear:
+        return block.attn.to_out[0]
+
+    def defaults(self, transformer: nn.Module) -> FamilyDefaults:
+        depth = len(self.blocks(transformer))
+        return FamilyDefaults(
+            layer=min(depth - 1, round(RELATIVE_DEPTH * depth)),
+            t=0.26,
+            resolution=640,
+            ensemble=8,
+            source=(
+                "no published DiTF setting for SD3/SD3.5: Flux's relative depth (28/57 of the blocks) and t=0.26; "
+                "check it on your data with `python -m ditf_core.eval`"
+            ),
+        )
+
+    def check_latent_size(self, transformer: nn.Module, height: int, width: int) -> None:
+        super().check_latent_size(transformer, height, width)
+        limit = transformer.config.pos_embed_max_size
+        if limit is not None and max(height, width) // self.patch > limit:
+            raise ValueError(
+                f"this SD3 model has position embeddings for at most {limit}x{limit} tokens "
+                f"({limit * self.patch * self.vae_factor} px); lower the resolution."
+            )
+
+    def forward(self, transformer, x_t, t, text_embeds, pooled, guidance):
+        b, _, h, w = x_t.shape
+        self.check_latent_size(transformer, h, w)
+        # diffusers' SD3 takes the timestep on the 0..1000 scale (the scheduler's sigma * 1000).
+        timestep = torch.full((b,), t * 1000.0, device=x_t.device, dtype=transformer.dtype)
+        return transformer(
+            hidden_states=x_t,
+            encoder_hidden_states=text_embeds,
+            pooled_projections=pooled,
+            timestep=timestep,
+            return_dict=False,
+        )

@@ -1,0 +1,236 @@
+"""The DiTF recipe on latents (design §2, steps 3-8).
+
+``extract_from_latents`` is the public entry point. It is built from two halves that other hosts reuse:
+
+* :func:`capture_ensemble` noises the latents E times, runs the model up to block k in micro-batches and
+  returns the raw block input averaged over the ensemble plus the block's own modulation;
+* :func:`apply_recipe` zeroes the discarded channels, applies LayerNorm (no affine, eps 1e-6) and the AdaLN
+  modulation ``(1 + scale) * LN(h) + shift``, in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .capture import capture_blocks, check_layers
+from .families import DiTFamily, Modulation, family_for
+
+LAYER_NORM_EPS = 1e-6
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EnsembleCapture:
+    """Raw input of one block averaged over the ensemble, with that block's modulation.
+
+    hidden: [B, N, C] float32; modulation: [B, C] each; grid: (h, w) token grid, h * w == N.
+    """
+
+    hidden: torch.Tensor
+    modulation: Modulation
+    grid: tuple[int, int]
+
+
+@torch.no_grad()
+def extract_from_latents(
+    transformer: nn.Module,
+    latents: torch.Tensor,
+    *,
+    t: float,
+    layer: int,
+    text_embeds: torch.Tensor,
+    pooled: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    discard: Sequence[int] = (),
+    guidance: float = 3.5,
+    modulate: bool = True,
+    micro_batch: int | None = None,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """DiTF features [B, C, h, w] (float32) of clean, normalised latents.
+
+    latents: [B, C_lat, H, W], or [E, B, C_lat, H, W] for one clean sample per ensemble member.
+    noise: None (``latents`` are used as x_t as they are) or [E, B, C_lat, H, W] for an ensemble of E draws,
+        ``x_t = t * noise + (1 - t) * latents``.
+    layer: global block index (Flux: double blocks first, then single blocks).
+    discard: channels zeroed on the ensemble-averaged raw state before LayerNorm.
+    modulate: False returns the raw averaged block input (after discard) instead of the modulated feature.
+    micro_batch: at most this many (ensemble x batch) rows per forward pass; None runs them all at once.
+    progress: called as ``progress(done, total)`` after each forward pass.
+    """
+    family = family_for(transformer)
+    captured = capture_ensemble(
+        transformer,
+        latents,
+        t=t,
+        layers=[layer],
+        text_embeds=text_embeds,
+        pooled=pooled,
+        noise=noise,
+        guidance=guidance,
+        micro_batch=micro_batch,
+        progress=progress,
+        family=family,
+    )[layer]
+    tokens = apply_recipe(captured.hidden, captured.modulation, discard=discard, modulate=modulate)
+    return family.tokens_to_map(tokens, captured.grid)
+
+
+def apply_recipe(
+    hidden: torch.Tensor,
+    modulation: Modulation,
+    *,
+    discard: Sequence[int] = (),
+    modulate: bool = True,
+) -> torch.Tensor:
+    """Recipe steps 6-7 on raw averaged tokens [B, N, C]: discard, LayerNorm, AdaLN modulation (float32)."""
+    hidden = hidden.to(torch.float32)
+    channels = check_channels(discard, hidden.shape[-1])
+    if channels:
+        hidden = hidden.clone()
+        hidden[..., channels] = 0.0
+    if not modulate:
+        return hidden
+    normed = F.layer_norm(hidden, hidden.shape[-1:], eps=LAYER_NORM_EPS)
+    scale = modulation.scale.to(hidden.device, torch.float32)[:, None]
+    shift = modulation.shift.to(hidden.device, torch.float32)[:, None]
+    return normed * (1.0 + scale) + shift
+
+
+@torch.no_grad()
+def capture_ensemble(
+    transformer: nn.Module,
+    latents: torch.Tensor,
+    *,
+    t: float,
+    layers: Sequence[int],
+    text_embeds: torch.Tensor,
+    pooled: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    guidance: float = 3.5,
+    micro_batch: int | None = None,
+    progress: ProgressFn | None = None,
+    family: DiTFamily | None = None,
+) -> dict[int, EnsembleCapture]:
+    """Ensemble-averaged raw inputs of ``layers`` (one early-exit pass per micro-batch covers all of them)."""
+    family = family or family_for(transformer)
+    layers = check_layers(transformer, family, layers)
+    t = check_timestep(t)
+    clean, noise = _check_latents(transformer, family, latents, noise)
+    ensemble, batch = (noise.shape[0] if noise is not None else clean.shape[0]), clean.shape[1]
+    text_embeds, pooled = _broadcast_conditioning(family, transformer, text_embeds, pooled, batch)
+    rows = [(e, b) for e in range(ensemble) for b in range(batch)]
+    step = _check_micro_batch(micro_batch, len(rows))
+
+    device, dtype = _device_dtype(transformer)
+    height, width = clean.shape[-2:]
+    grid = (height // family.patch, width // family.patch)
+    sums: dict[int, torch.Tensor] = {}
+    tembs: dict[int, torch.Tensor] = {}
+    passes = math.ceil(len(rows) / step)
+    for done, start in enumerate(range(0, len(rows), step), start=1):
+        chunk = rows[start : start + step]
+        members = torch.tensor([e for e, _ in chunk])
+        images = torch.tensor([b for _, b in chunk])
+        x_t = clean[members if clean.shape[0] > 1 else torch.zeros_like(members), images]
+        if noise is not None:
+            x_t = t * noise[members, images] + (1.0 - t) * x_t
+        x_t = x_t.to(device=device, dtype=dtype)
+        cond = text_embeds[images].to(device=device, dtype=dtype)
+        vec = pooled[images].to(device=device, dtype=dtype)
+        captured = capture_blocks(
+            transformer,
+            family,
+            layers,
+            lambda: family.forward(transformer, x_t, t, cond, vec, guidance),
+        )
+        for layer, block_input in captured.items():
+            hidden = block_input.hidden.to(torch.float32)
+            if layer not in sums:
+                sums[layer] = hidden.new_zeros((batch, *hidden.shape[1:]))
+                tembs[layer] = block_input.temb.new_zeros((batch, *block_input.temb.shape[1:]))
+            sums[layer].index_add_(0, images.to(hidden.device), hidden)
+            tembs[layer][images.to(hidden.device)] = block_input.temb
+        if progress is not None:
+            progress(done, passes)
+
+    blocks = family.blocks(transformer)
+    size = family.hidden_size(transformer)
+    return {
+        layer: EnsembleCapture(
+            hidden=sums[layer] / ensemble,
+            modulation=family.modulation(blocks[layer], tembs[layer], size),
+            grid=grid,
+        )
+        for layer in layers
+    }
+
+
+def check_timestep(t: object) -> float:
+    """``t`` as a float in the open interval (0, 1), or a ``ValueError`` saying so."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(float(t)) or not 0.0 < t < 1.0:
+        raise ValueError(f"t must be a number strictly between 0 and 1 (flow-matching time; Flux default 0.26), got {t!r}")
+    return float(t)
+
+
+def check_channels(channels: Sequence[int], width: int) -> list[int]:
+    """Channel indices as a list, each in 0..width-1, or an error naming the bad one."""
+    checked = []
+    for channel in channels:
+        if isinstance(channel, bool) or not isinstance(channel, int):
+            raise TypeError(f"discard channels must be integers, got {channel!r}")
+        if not 0 <= channel < width:
+            raise ValueError(f"discard channel {channel} is out of range: this model has channels 0..{width - 1}")
+        checked.append(channel)
+    return checked
+
+
+def _check_latents(transformer, family, latents, noise):
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+    if latents.ndim == 4:
+        latents = latents.unsqueeze(0)
+    if latents.ndim != 5:
+        raise ValueError(f"latents must be [B, C, H, W] or [E, B, C, H, W], got {list(latents.shape)}")
+    channels = family.latent_channels(transformer)
+    if latents.shape[2] != channels:
+        raise ValueError(f"this {family.label} denoises {channels}-channel latents, got {latents.shape[2]} channels")
+    family.check_latent_size(transformer, *latents.shape[-2:])
+    if noise is not None:
+        if not isinstance(noise, torch.Tensor) or noise.ndim != 5 or noise.shape[1:] != latents.shape[1:]:
+            shape = list(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"noise must be [E, {', '.join(map(str, latents.shape[1:]))}], got {shape}")
+        if latents.shape[0] not in (1, noise.shape[0]):
+            raise ValueError(f"latents carry {latents.shape[0]} ensemble samples but noise has {noise.shape[0]} draws")
+    return latents, noise
+
+
+def _broadcast_conditioning(family, transformer, text_embeds, pooled, batch):
+    for name, value in (("text_embeds", text_embeds), ("pooled", pooled)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    family.check_conditioning(transformer, text_embeds, pooled)
+    for name, value in (("text_embeds", text_embeds), ("pooled", pooled)):
+        if value.shape[0] not in (1, batch):
+            raise ValueError(f"{name} has batch {value.shape[0]}; give 1 (shared) or {batch} (one per image)")
+    return text_embeds.expand(batch, *text_embeds.shape[1:]), pooled.expand(batch, *pooled.shape[1:])
+
+
+def _check_micro_batch(micro_batch, rows):
+    if micro_batch is None:
+        return rows
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
+        raise ValueError(f"micro_batch must be a positive integer (rows per forward pass), got {micro_batch!r}")
+    return min(micro_batch, rows)
+
+
+def _device_dtype(transformer: nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(transformer.parameters())
+    return parameter.device, parameter.dtype
