@@ -1,0 +1,285 @@
+"""From images to DiTF features (design §2, the whole recipe).
+
+``DiTFPipeline`` holds a transformer, its VAE and a prompt encoder. ``extract`` resizes the images (keeping the
+mapping back to original pixels), encodes each image once, draws the E ensemble latents from that one posterior,
+noises them, runs the transformer to block k in micro-batches and applies the recipe. Seeded and deterministic:
+all random numbers come from one CPU generator, whatever the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .conditioning import ZeroPromptEncoder
+from .features import DiTFeatures
+from .families import family_for
+from .images import as_image_batch
+from .mapping import PixelMapping
+from .massive import find_massive_channels
+from .recipe import ProgressFn, apply_recipe, capture_ensemble, check_channels, check_timestep
+
+MODES = ("ditf", "adaln", "original")
+MODE_HELP = {
+    "ditf": "LayerNorm + AdaLN modulation with massive channels discarded (the paper's DiTF)",
+    "adaln": "LayerNorm + AdaLN modulation, no discard (ablation)",
+    "original": "the raw block input, no LayerNorm or modulation (ablation)",
+}
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """Resolved settings of one extraction (defaults filled in from the family)."""
+
+    layer: int
+    t: float
+    ensemble: int
+    resolution: int
+    seed: int
+    mode: str
+    prompt: str
+    guidance: float
+    ratio: float
+
+
+class DiTFPipeline:
+    """A DiT, its VAE and a prompt encoder, ready to extract features.
+
+    transformer: diffusers FluxTransformer2DModel or SD3Transformer2DModel.
+    vae: diffusers AutoencoderKL of that model (16 latent channels).
+    prompt_encoder: ``prompt -> (text_embeds [1, L, D], pooled [1, P])``; None uses zero conditioning.
+    device / dtype: None picks CUDA with bf16 (fp16 where bf16 is unsupported) when available, else CPU fp32.
+    The VAE always runs in float32; LayerNorm and modulation are computed in float32.
+    """
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        vae: nn.Module,
+        prompt_encoder=None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        name: str = "",
+    ) -> None:
+        self.family = family_for(transformer)
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
+        self.transformer = _move(transformer, self.device, self.dtype)
+        self.vae = _move(_check_vae(vae), self.device, torch.float32)
+        self.prompt_encoder = prompt_encoder or ZeroPromptEncoder(transformer)
+        self.defaults = self.family.defaults(transformer)
+        self.name = name or type(transformer).__name__
+        self.vae_encode_calls = 0
+
+    # --- constructors -----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> DiTFPipeline:
+        """Load from a local diffusers folder or a single .safetensors file (see :mod:`ditf_core.loading`)."""
+        from .loading import load_pipeline
+
+        return load_pipeline(path, **kwargs)
+
+    @classmethod
+    def demo(cls, seed: int = 0, **kwargs) -> DiTFPipeline:
+        """The built-in tiny demo DiT (RANDOM weights, two planted massive channels) with a tiny random VAE."""
+        from .demo_model import build_demo_dit, build_tiny_vae
+
+        return cls(build_demo_dit(seed), build_tiny_vae(seed), name="tiny random-weight demo DiT", **kwargs)
+
+    # --- properties -------------------------------------------------------------------------------------
+    @property
+    def stride(self) -> int:
+        """Pixels of the resized model input per feature cell (16 for Flux and SD3)."""
+        return self.family.patch * self.family.vae_factor
+
+    @property
+    def depth(self) -> int:
+        return len(self.family.blocks(self.transformer))
+
+    def describe(self) -> dict:
+        return {"name": self.name, **self.family.fingerprint(self.transformer), "text": self.prompt_encoder.description}
+
+    # --- extraction -------------------------------------------------------------------------------------
+    def settings(
+        self,
+        *,
+        layer: int | None = None,
+        t: float | None = None,
+        ensemble: int | None = None,
+        resolution: int | None = None,
+        seed: int = 0,
+        mode: str = "ditf",
+        prompt: str = "",
+        guidance: float = 3.5,
+        ratio: float = 100.0,
+    ) -> ExtractSettings:
+        """Validate the settings and fill in the family defaults."""
+        d = self.defaults
+        settings = ExtractSettings(
+            layer=d.layer if layer is None else layer,
+            t=check_timestep(d.t if t is None else t),
+            ensemble=_positive_int("ensemble", d.ensemble if ensemble is None else ensemble),
+            resolution=_positive_int("resolution", d.resolution if resolution is None else resolution),
+            seed=_seed(seed),
+            mode=_mode(mode),
+            prompt=prompt,
+            guidance=float(guidance),
+            ratio=float(ratio),
+        )
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        return settings
+
+    @torch.no_grad()
+    def extract(
+        self,
+        images,
+        *,
+        discard: str | Sequence[int] | None = "auto",
+        micro_batch: int | None = None,
+        progress: ProgressFn | None = None,
+        **settings,
+    ) -> DiTFeatures:
+        """DiTF features of one image or a batch of same-size images.
+
+        images: a PIL image, a list of same-size PIL images, or a float tensor [B, 3, H, W] / [3, H, W] in [0, 1].
+        discard: "auto" (channels found by the massive-activation rule at block k), a list of channels, or
+            None / "none". Used in mode "ditf"; modes "adaln" and "original" never discard.
+        settings: layer, t, ensemble, resolution, seed, mode, prompt, guidance, ratio (see :meth:`settings`).
+        progress: called as ``progress(done, total)`` after each transformer pass; may raise to interrupt.
+        """
+        s = self.settings(**settings)
+        pixels = as_image_batch(images)
+        mapping = PixelMapping.for_image(pixels.shape[-1], pixels.shape[-2], s.resolution, self.stride)
+        generator = torch.Generator("cpu").manual_seed(s.seed)
+        latents = self.encode(pixels, mapping, s.ensemble, generator)
+        noise = draw_noise(latents.shape, generator)
+        text_embeds, pooled = self.prompt_encoder(s.prompt)
+        captured = capture_ensemble(
+            self.transformer,
+            latents,
+            t=s.t,
+            layers=[s.layer],
+            text_embeds=text_embeds,
+            pooled=pooled,
+            noise=noise,
+            guidance=s.guidance,
+            micro_batch=micro_batch,
+            progress=progress,
+            family=self.family,
+        )[s.layer]
+        massive = find_massive_channels(captured.hidden, s.ratio)
+        channels = resolve_discard(discard, massive, captured.hidden.shape[-1]) if s.mode == "ditf" else []
+        tokens = apply_recipe(captured.hidden, captured.modulation, discard=channels, modulate=s.mode != "original")
+        return DiTFeatures(
+            features=self.family.tokens_to_map(tokens, captured.grid),
+            mapping=mapping,
+            settings={
+                "family": self.family.name,
+                **s.__dict__,
+                "discard": discard if isinstance(discard, str) or discard is None else list(discard),
+                "massive_channels": massive,
+                "model": self.describe(),
+            },
+            discarded=tuple(channels),
+        )
+
+    def encode(
+        self, pixels: torch.Tensor, mapping: PixelMapping, ensemble: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> E normalised latent samples [E, B, C, h, w] from ONE encode."""
+        width, height = mapping.model_size
+        resized = F.interpolate(pixels, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+        resized = resized.clamp(0.0, 1.0) * 2.0 - 1.0
+        with torch.no_grad():
+            self.vae_encode_calls += 1
+            posterior = self.vae.encode(resized.to(self.device, torch.float32)).latent_dist
+        mean, std = posterior.mean.float().cpu(), posterior.std.float().cpu()
+        samples = mean + std * draw_noise((ensemble, *mean.shape), generator)
+        config = self.vae.config
+        return (samples - (config.shift_factor or 0.0)) * config.scaling_factor
+
+
+def draw_noise(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """Standard normal [E, B, ...] where every image of the batch gets the same E draws.
+
+    So an image's features do not depend on which other images share its batch: extracting it alone with the
+    same seed gives the same result.
+    """
+    ensemble, batch, *rest = shape
+    return torch.randn((ensemble, 1, *rest), generator=generator).expand(ensemble, batch, *rest)
+
+
+def resolve_discard(discard, massive: Sequence[int], width: int) -> list[int]:
+    """The channels to discard: "auto" -> ``massive``; "none"/None/() -> none; a list -> checked as given."""
+    if discard is None or (isinstance(discard, str) and discard.strip().lower() in ("none", "")):
+        return []
+    if isinstance(discard, str):
+        if discard.strip().lower() == "auto":
+            return list(massive)
+        return check_channels(parse_channel_list(discard), width)
+    return check_channels(list(discard), width)
+
+
+def parse_channel_list(text: str) -> list[int]:
+    """"154, 1446" -> [154, 1446]; a clear error for anything else."""
+    try:
+        return [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(
+            f"discard must be 'auto', 'none' or comma-separated channel numbers like '154, 1446'; got {text!r}"
+        ) from None
+
+
+def resolve_device_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
+    """None -> CUDA (bf16, or fp16 without bf16 support) when available, else CPU float32."""
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    return device, dtype
+
+
+def _move(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    # Cast only when needed: diffusers warns on every dtype cast of a model.
+    parameter = next(model.parameters())
+    if parameter.dtype != dtype:
+        model = model.to(dtype=dtype)
+    if parameter.device != device:
+        model = model.to(device=device)
+    return model.eval()
+
+
+def _check_vae(vae) -> nn.Module:
+    channels = getattr(getattr(vae, "config", None), "latent_channels", None)
+    if not isinstance(vae, nn.Module) or channels is None or not hasattr(vae, "encode"):
+        raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}")
+    if channels != 16:
+        raise ValueError(f"this VAE has {channels} latent channels; Flux and SD3 use 16-channel VAEs")
+    return vae
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _seed(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValueError(f"seed must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _mode(value) -> str:
+    if value not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {value!r}")
+    return value
