@@ -1,0 +1,166 @@
+"""Command line: ``python -m ditf_core {extract,demo} ...``.
+
+``demo`` is the quick start: without ``--model`` it runs on the built-in tiny demo DiT (RANDOM weights, two
+planted massive channels), so it works anywhere with no download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import DiTFInputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (DiTFInputError, ValueError, TypeError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ditf_core", description="DiTF: features from Diffusion Transformers")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    extract = commands.add_parser("extract", help="images -> DiTF features (.safetensors) + PCA previews (.png)")
+    extract.add_argument("images", nargs="+", type=Path, help="image files")
+    extract.add_argument("--out", type=Path, default=Path("ditf_features"), help="output folder")
+    add_model_arguments(extract)
+    add_extract_arguments(extract)
+    extract.set_defaults(run=run_extract)
+
+    demo = commands.add_parser("demo", help="run the whole pipeline on the bundled sample images")
+    demo.add_argument("--out", type=Path, default=Path("ditf_demo"), help="output folder")
+    add_model_arguments(demo)
+    add_extract_arguments(demo)
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", type=Path, help="diffusers folder or .safetensors transformer (default: demo DiT)")
+    group.add_argument("--vae", type=Path, help="VAE folder or .safetensors, when --model holds only a transformer")
+    group.add_argument("--config", type=Path, help="diffusers config folder for a single-file transformer")
+    group.add_argument("--no-text-encoders", action="store_true", help="skip text encoders: zero conditioning")
+    group.add_argument("--text-embeds", type=Path, help="precomputed conditioning: .safetensors with text_embeds, pooled")
+    group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="transformer dtype (default: auto)")
+
+
+def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("extraction (defaults: the model family's)")
+    group.add_argument("--layer", type=int, help="global block index k (Flux: 0-18 double, 19-56 single)")
+    group.add_argument("--t", type=float, help="flow-matching time in (0, 1); Flux default 0.26")
+    group.add_argument("--ensemble", type=int, help="noise draws averaged (default 8)")
+    group.add_argument("--resolution", type=int, help="long side in pixels fed to the model (default 640)")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    group.add_argument("--discard", default="auto", help="'auto', 'none' or channels like '154,1446'")
+    group.add_argument("--mode", default="ditf", choices=["ditf", "adaln", "original"], help="recipe variant")
+    group.add_argument("--prompt", default="", help="text prompt (default empty)")
+    group.add_argument("--guidance", type=float, default=3.5, help="Flux-dev guidance value (default 3.5)")
+    group.add_argument("--micro-batch", type=int, help="rows per transformer pass, to bound memory")
+
+
+def load_from_args(args):
+    """The pipeline the model arguments name (the demo DiT when no --model)."""
+    import torch
+
+    from .conditioning import FixedPromptEncoder
+    from .pipeline import DiTFPipeline
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    if args.model is None:
+        pipeline = DiTFPipeline.demo(device=args.device, dtype=dtype)
+    else:
+        pipeline = DiTFPipeline.from_pretrained(
+            args.model,
+            vae=args.vae,
+            config=args.config,
+            text_encoders=not args.no_text_encoders and args.text_embeds is None,
+            device=args.device,
+            dtype=dtype,
+        )
+    if args.text_embeds is not None:
+        pipeline.prompt_encoder = FixedPromptEncoder.from_file(args.text_embeds)
+    return pipeline
+
+
+def extract_kwargs(args) -> dict:
+    return dict(
+        layer=args.layer,
+        t=args.t,
+        ensemble=args.ensemble,
+        resolution=args.resolution,
+        seed=args.seed,
+        mode=args.mode,
+        prompt=args.prompt,
+        guidance=args.guidance,
+        discard=args.discard,
+        micro_batch=args.micro_batch,
+    )
+
+
+def run_extract(args) -> int:
+    from PIL import Image
+
+    from .visualize import pca_rgb, upsample_rgb
+
+    pipeline = load_from_args(args)
+    print(model_banner(pipeline))
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in args.images:
+        if not path.is_file():
+            raise DiTFInputError(f"no image file at {path}")
+        image = Image.open(path)
+        started = time.perf_counter()
+        features = pipeline.extract(image, progress=progress_printer(path.name), **extract_kwargs(args))
+        elapsed = time.perf_counter() - started
+        saved = features.save(args.out / f"{path.stem}.safetensors")
+        results.append((path, image, features))
+        print(f"{path.name}: {list(features.features.shape)} in {elapsed:.2f}s, discarded {list(features.discarded)} -> {saved}")
+    # One joint PCA so that colours are comparable across the images.
+    for (path, image, _), rgb in zip(results, pca_rgb([f.features[0] for _, _, f in results])):
+        upsample_rgb(rgb, image.size).save(args.out / f"{path.stem}_pca.png")
+    print(f"wrote {len(results)} feature files and PCA previews to {args.out}")
+    return 0
+
+
+def run_demo(args) -> int:
+    from .demo import run_demo_pipeline
+
+    pipeline = load_from_args(args)
+    print(model_banner(pipeline))
+    summary = run_demo_pipeline(pipeline, args.out, extract_kwargs(args), progress=progress_printer)
+    print(summary)
+    return 0
+
+
+def model_banner(pipeline) -> str:
+    info = pipeline.describe()
+    warning = "  [RANDOM WEIGHTS: demo model, features are not meaningful]" if "demo" in pipeline.name else ""
+    return (
+        f"model: {pipeline.name} ({info['family']}, {info['depth']} blocks, hidden {info['hidden_size']}, "
+        f"{pipeline.device}/{str(pipeline.dtype).removeprefix('torch.')}, text: {info['text']}){warning}"
+    )
+
+
+def progress_printer(label: str):
+    def report(done: int, total: int) -> None:
+        end = "\n" if done == total else ""
+        print(f"\r  {label}: transformer pass {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return report
+
+
+def write_json(path: Path, data) -> Path:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
