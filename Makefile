@@ -1,0 +1,24 @@
+# Quick start: `make demo` runs the main job, `make test` runs the tests. Both set up .venv from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test clean
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m ditf_core demo --out ditf_demo
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+# torch goes in first so that nothing pulls a different build in as a dependency.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) ditf_demo ditf_features
