@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .capture import capture_blocks, check_layers
+from .capture import BlockInput, capture_blocks, check_layers
 from .families import DiTFamily, Modulation, family_for
 
 LAYER_NORM_EPS = 1e-6
@@ -124,17 +124,46 @@ def capture_ensemble(
     layers = check_layers(transformer, family, layers)
     t = check_timestep(t)
     clean, noise = _check_latents(transformer, family, latents, noise)
+    text_embeds, pooled = _broadcast_conditioning(family, transformer, text_embeds, pooled, clean.shape[1])
+    device, dtype = _device_dtype(transformer)
+
+    def run(x_t: torch.Tensor, images: torch.Tensor) -> dict[int, BlockInput]:
+        x_t = x_t.to(device=device, dtype=dtype)
+        cond = text_embeds[images].to(device=device, dtype=dtype)
+        vec = pooled[images].to(device=device, dtype=dtype)
+        return capture_blocks(transformer, family, layers, lambda: family.forward(transformer, x_t, t, cond, vec, guidance))
+
+    averaged = average_over_ensemble(clean, noise, t=t, run=run, micro_batch=micro_batch, progress=progress)
+    blocks = family.blocks(transformer)
+    size = family.hidden_size(transformer)
+    grid = (clean.shape[-2] // family.patch, clean.shape[-1] // family.patch)
+    return {
+        layer: EnsembleCapture(hidden, family.modulation(blocks[layer], temb, size), grid)
+        for layer, (hidden, temb) in averaged.items()
+    }
+
+
+def average_over_ensemble(
+    clean: torch.Tensor,
+    noise: torch.Tensor | None,
+    *,
+    t: float,
+    run: Callable[[torch.Tensor, torch.Tensor], dict[int, BlockInput]],
+    micro_batch: int | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The host-agnostic ensemble loop: noise, run in micro-batches, average the captured block inputs.
+
+    clean: [E or 1, B, C, H, W] clean latents; noise: [E, B, C, H, W] or None (``clean`` is x_t as given).
+    run(x_t [m, C, H, W], images [m]) runs the host model on m (draw, image) rows and returns, per layer, the
+    captured :class:`BlockInput` of those rows. Returns per layer (mean hidden [B, N, C] float32, temb [B, D]).
+    """
     ensemble, batch = (noise.shape[0] if noise is not None else clean.shape[0]), clean.shape[1]
-    text_embeds, pooled = _broadcast_conditioning(family, transformer, text_embeds, pooled, batch)
     rows = [(e, b) for e in range(ensemble) for b in range(batch)]
     step = _check_micro_batch(micro_batch, len(rows))
-
-    device, dtype = _device_dtype(transformer)
-    height, width = clean.shape[-2:]
-    grid = (height // family.patch, width // family.patch)
+    passes = math.ceil(len(rows) / step)
     sums: dict[int, torch.Tensor] = {}
     tembs: dict[int, torch.Tensor] = {}
-    passes = math.ceil(len(rows) / step)
     for done, start in enumerate(range(0, len(rows), step), start=1):
         chunk = rows[start : start + step]
         members = torch.tensor([e for e, _ in chunk])
@@ -142,16 +171,7 @@ def capture_ensemble(
         x_t = clean[members if clean.shape[0] > 1 else torch.zeros_like(members), images]
         if noise is not None:
             x_t = t * noise[members, images] + (1.0 - t) * x_t
-        x_t = x_t.to(device=device, dtype=dtype)
-        cond = text_embeds[images].to(device=device, dtype=dtype)
-        vec = pooled[images].to(device=device, dtype=dtype)
-        captured = capture_blocks(
-            transformer,
-            family,
-            layers,
-            lambda: family.forward(transformer, x_t, t, cond, vec, guidance),
-        )
-        for layer, block_input in captured.items():
+        for layer, block_input in run(x_t, images).items():
             hidden = block_input.hidden.to(torch.float32)
             if layer not in sums:
                 sums[layer] = hidden.new_zeros((batch, *hidden.shape[1:]))
@@ -160,17 +180,7 @@ def capture_ensemble(
             tembs[layer][images.to(hidden.device)] = block_input.temb
         if progress is not None:
             progress(done, passes)
-
-    blocks = family.blocks(transformer)
-    size = family.hidden_size(transformer)
-    return {
-        layer: EnsembleCapture(
-            hidden=sums[layer] / ensemble,
-            modulation=family.modulation(blocks[layer], tembs[layer], size),
-            grid=grid,
-        )
-        for layer in layers
-    }
+    return {layer: (total / ensemble, tembs[layer]) for layer, total in sums.items()}
 
 
 def check_timestep(t: object) -> float:
