@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 
@@ -30,6 +31,16 @@ def as_image_batch(images) -> torch.Tensor:
             )
         return torch.stack([pil_to_tensor(image) for image in images])
     raise TypeError(f"images must be a PIL image, a list of them or a tensor, got {type(images).__name__}")
+
+
+def resize_for_model(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Images [B, 3, H, W] in [0, 1] -> [B, 3, height, width] in [0, 1] for ``size`` = (width, height).
+
+    Bicubic with antialiasing (like PIL's resize), clamped back into [0, 1]. Every host resizes with this.
+    """
+    width, height = size
+    resized = F.interpolate(pixels, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return resized.clamp(0.0, 1.0)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .conditioning import ZeroPromptEncoder
 from .features import DiTFeatures
 from .families import family_for
-from .images import as_image_batch
+from .images import as_image_batch, resize_for_model
 from .mapping import PixelMapping
 from .massive import find_massive_channels
 from .recipe import ProgressFn, apply_recipe, capture_ensemble, check_channels, check_timestep
@@ -192,9 +191,7 @@ class DiTFPipeline:
         self, pixels: torch.Tensor, mapping: PixelMapping, ensemble: int, generator: torch.Generator
     ) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> E normalised latent samples [E, B, C, h, w] from ONE encode."""
-        width, height = mapping.model_size
-        resized = F.interpolate(pixels, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
-        resized = resized.clamp(0.0, 1.0) * 2.0 - 1.0
+        resized = resize_for_model(pixels, mapping.model_size) * 2.0 - 1.0
         with torch.no_grad():
             self.vae_encode_calls += 1
             posterior = self.vae.encode(resized.to(self.device, torch.float32)).latent_dist
