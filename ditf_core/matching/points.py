@@ -1,0 +1,119 @@
+"""Keypoints as users give them: KJNodes PointsEditor JSON, lists of pairs, or tensors.
+
+KJNodes' PointsEditor emits a JSON string holding a list of ``{"x": .., "y": ..}`` objects, e.g.
+``[{"x":120,"y":80},{"x":200,"y":150}]``; :func:`parse_points` also takes a list of ``[x, y]`` pairs (as JSON or
+as a Python list). All coordinates are ORIGINAL image pixels, the centre of pixel column i at x = i.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DiTFInputError
+
+
+def parse_points(text) -> torch.Tensor:
+    """Points from KJNodes-style JSON (or an already parsed list) -> float32 [K, 2] (x, y).
+
+    Accepts ``'[{"x": 1, "y": 2}, ...]'``, ``'[[1, 2], ...]'``, the same structures as Python lists, a numpy
+    array or a tensor [K, 2]. An empty list gives an empty [0, 2] tensor; matching rejects it later.
+    """
+    if isinstance(text, torch.Tensor) or isinstance(text, np.ndarray):
+        points = torch.as_tensor(text, dtype=torch.float32)
+        if points.ndim != 2 or points.shape[-1] != 2:
+            raise DiTFInputError(f"points must be [K, 2] (x, y), got shape {list(points.shape)}")
+        return _finite(points, "points")
+    if isinstance(text, (str, bytes)):
+        try:
+            data = json.loads(text) if text.strip() else []
+        except json.JSONDecodeError as error:
+            raise DiTFInputError(
+                f"points are not valid JSON ({error.msg} at position {error.pos}); expected e.g. "
+                '\'[{"x": 120, "y": 80}]\' as written by the KJNodes PointsEditor'
+            ) from None
+    else:
+        data = text
+    if isinstance(data, dict):
+        data = [data]  # a single point object
+    if not isinstance(data, Sequence) or isinstance(data, (str, bytes)):
+        kind = type(data).__name__
+        raise TypeError(f"points must be a JSON list of {{'x', 'y'}} objects or [x, y] pairs, got {kind}")
+    rows = [_point(entry, i) for i, entry in enumerate(data)]
+    points = torch.tensor(rows, dtype=torch.float32).reshape(-1, 2)
+    return _finite(points, "points")
+
+
+def format_points(points: torch.Tensor, decimals: int = 2) -> str:
+    """[K, 2] (x, y) -> KJNodes PointsEditor JSON ``[{"x": .., "y": ..}, ...]``; integral values stay integers."""
+    points = torch.as_tensor(points)
+    if points.ndim != 2 or points.shape[-1] != 2:
+        shape = list(points.shape)
+        raise DiTFInputError(f"format_points takes [K, 2] (x, y) points, got shape {shape}; select one image")
+    return json.dumps([{"x": _number(x, decimals), "y": _number(y, decimals)} for x, y in points.tolist()])
+
+
+def check_points(points, image_size: tuple[int, int], batch: int, name: str = "points") -> torch.Tensor:
+    """Validate points against an image of ``image_size`` (W, H) -> float32 [batch, K, 2].
+
+    points: [K, 2] (used for every image of the batch), [batch, K, 2], or anything :func:`parse_points` reads.
+    A point is inside the image when -0.5 <= x <= W - 0.5 and -0.5 <= y <= H - 0.5 (the pixel areas).
+    """
+    if not isinstance(points, torch.Tensor):
+        points = parse_points(points)
+    if points.ndim == 2:
+        points = points.unsqueeze(0).expand(batch, -1, -1)
+    if points.ndim != 3 or points.shape[-1] != 2:
+        raise DiTFInputError(f"{name} must be [K, 2] or [B, K, 2] (x, y) pixels, got shape {list(points.shape)}")
+    if points.shape[0] != batch:
+        raise DiTFInputError(
+            f"{name} has {points.shape[0]} point sets but the features hold {batch} images; pass [K, 2] to use "
+            "the same points for every image, or one set per image"
+        )
+    if points.shape[1] == 0:
+        raise DiTFInputError(f"{name} is empty: give at least one (x, y) point to match")
+    points = _finite(points.to(torch.float32), name)
+    width, height = image_size
+    outside = (points[..., 0] < -0.5) | (points[..., 0] > width - 0.5)
+    outside |= (points[..., 1] < -0.5) | (points[..., 1] > height - 0.5)
+    if outside.any():
+        b, k = (int(i) for i in outside.nonzero()[0])
+        x, y = points[b, k].tolist()
+        raise DiTFInputError(
+            f"{name}[{k}] = ({x:g}, {y:g}) lies outside the {width}x{height} source image; points are ORIGINAL "
+            f"image pixels with 0 <= x < {width} and 0 <= y < {height}"
+        )
+    return points
+
+
+def _point(entry, index: int) -> tuple[float, float]:
+    if isinstance(entry, dict):
+        if "x" not in entry or "y" not in entry:
+            raise DiTFInputError(f"point {index} ({entry!r}) needs both 'x' and 'y' keys")
+        values = (entry["x"], entry["y"])
+    elif isinstance(entry, Sequence) and not isinstance(entry, (str, bytes)) and len(entry) == 2:
+        values = tuple(entry)
+    else:
+        raise DiTFInputError(f"point {index} ({entry!r}) must be {{'x': .., 'y': ..}} or an [x, y] pair")
+    try:
+        x, y = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise DiTFInputError(f"point {index} ({entry!r}) has non-numeric coordinates") from None
+    return x, y
+
+
+def _finite(points: torch.Tensor, name: str) -> torch.Tensor:
+    bad = ~torch.isfinite(points)
+    if bad.any():
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        raise DiTFInputError(f"{name} contains NaN or infinite coordinates (first at index {index[:-1]}); remove them")
+    return points
+
+
+def _number(value: float, decimals: int):
+    value = round(float(value), decimals)
+    return int(value) if math.isfinite(value) and value.is_integer() else value
