@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import PLANTED, conditioning
+from helpers import PLANTED, conditioning
 
 from ditf_core import capture_ensemble, extract_from_latents, find_massive_channels
 from ditf_core.massive import channel_magnitudes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import PLANTED
+from helpers import PLANTED
 from PIL import Image
 
 from ditf_core import DiTFeatures, DiTFPipeline, PixelMapping, extract_from_latents

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import conditioning, latents_and_noise
+from helpers import conditioning, latents_and_noise
 from reference_recipe import reference_features
 
 from ditf_core import UnsupportedModelError, extract_from_latents
