@@ -20,7 +20,7 @@ from .families import family_for
 from .images import as_image_batch, resize_for_model
 from .mapping import PixelMapping
 from .massive import find_massive_channels
-from .recipe import ProgressFn, apply_recipe, capture_ensemble, check_channels, check_timestep
+from .recipe import EnsembleCapture, ProgressFn, apply_recipe, capture_ensemble, check_channels, check_timestep
 
 MODES = ("ditf", "adaln", "original")
 MODE_HELP = {
@@ -43,6 +43,21 @@ class ExtractSettings:
     prompt: str
     guidance: float
     ratio: float
+
+
+@dataclass(frozen=True)
+class PipelineCapture:
+    """What :meth:`DiTFPipeline.capture` returns.
+
+    layers: {global block index: EnsembleCapture (hidden [B, N, C] float32, modulation [B, C] each, grid)};
+    settings: the resolved settings; mapping: original pixels <-> feature cells; pixels: the input images
+    [B, 3, H, W] in [0, 1] at their original size.
+    """
+
+    layers: dict[int, EnsembleCapture]
+    settings: ExtractSettings
+    mapping: PixelMapping
+    pixels: torch.Tensor
 
 
 class DiTFPipeline:
@@ -151,6 +166,41 @@ class DiTFPipeline:
         settings: layer, t, ensemble, resolution, seed, mode, prompt, guidance, ratio (see :meth:`settings`).
         progress: called as ``progress(done, total)`` after each transformer pass; may raise to interrupt.
         """
+        run = self.capture(images, micro_batch=micro_batch, progress=progress, **settings)
+        s = run.settings
+        captured = run.layers[s.layer]
+        massive = find_massive_channels(captured.hidden, s.ratio)
+        channels = resolve_discard(discard, massive, captured.hidden.shape[-1]) if s.mode == "ditf" else []
+        tokens = apply_recipe(captured.hidden, captured.modulation, discard=channels, modulate=s.mode != "original")
+        return DiTFeatures(
+            features=self.family.tokens_to_map(tokens, captured.grid),
+            mapping=run.mapping,
+            settings={
+                "family": self.family.name,
+                **s.__dict__,
+                "discard": discard if isinstance(discard, str) or discard is None else list(discard),
+                "massive_channels": massive,
+                "model": self.describe(),
+            },
+            discarded=tuple(channels),
+        )
+
+    @torch.no_grad()
+    def capture(
+        self,
+        images,
+        *,
+        layers: Sequence[int] | None = None,
+        micro_batch: int | None = None,
+        progress: ProgressFn | None = None,
+        **settings,
+    ) -> PipelineCapture:
+        """The raw multi-layer capture behind :meth:`extract` (recipe steps 1-5), for analysis.
+
+        One early-exit pass per micro-batch captures every block in ``layers`` (default: the settings' layer);
+        each comes back ensemble-averaged with its own modulation (:class:`~ditf_core.recipe.EnsembleCapture`).
+        images and settings as in :meth:`extract` (``mode`` is validated but not used here).
+        """
         s = self.settings(**settings)
         pixels = as_image_batch(images)
         mapping = PixelMapping.for_image(pixels.shape[-1], pixels.shape[-2], s.resolution, self.stride)
@@ -162,7 +212,7 @@ class DiTFPipeline:
             self.transformer,
             latents,
             t=s.t,
-            layers=[s.layer],
+            layers=[s.layer] if layers is None else list(layers),
             text_embeds=text_embeds,
             pooled=pooled,
             noise=noise,
@@ -170,22 +220,8 @@ class DiTFPipeline:
             micro_batch=micro_batch,
             progress=progress,
             family=self.family,
-        )[s.layer]
-        massive = find_massive_channels(captured.hidden, s.ratio)
-        channels = resolve_discard(discard, massive, captured.hidden.shape[-1]) if s.mode == "ditf" else []
-        tokens = apply_recipe(captured.hidden, captured.modulation, discard=channels, modulate=s.mode != "original")
-        return DiTFeatures(
-            features=self.family.tokens_to_map(tokens, captured.grid),
-            mapping=mapping,
-            settings={
-                "family": self.family.name,
-                **s.__dict__,
-                "discard": discard if isinstance(discard, str) or discard is None else list(discard),
-                "massive_channels": massive,
-                "model": self.describe(),
-            },
-            discarded=tuple(channels),
         )
+        return PipelineCapture(layers=captured, settings=s, mapping=mapping, pixels=pixels)
 
     def encode(
         self, pixels: torch.Tensor, mapping: PixelMapping, ensemble: int, generator: torch.Generator
