@@ -1,4 +1,4 @@
-"""Command line: ``python -m ditf_core {extract,demo} ...``.
+"""Command line: ``python -m ditf_core {extract,inspect,demo} ...``.
 
 ``demo`` is the quick start: without ``--model`` it runs on the built-in tiny demo DiT (RANDOM weights, two
 planted massive channels), so it works anywhere with no download.
@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_extract_arguments(extract)
     extract.set_defaults(run=run_extract)
 
+    inspect = commands.add_parser("inspect", help="massive-activation inspector: report.json + PNG pictures")
+    inspect.add_argument("images", nargs="*", type=Path, help="image files (default: the bundled sample pair)")
+    inspect.add_argument("--out", type=Path, default=Path("ditf_inspect"), help="output folder")
+    add_model_arguments(inspect)
+    add_inspect_arguments(inspect)
+    inspect.set_defaults(run=run_inspect)
+
     demo = commands.add_parser("demo", help="run the whole pipeline on the bundled sample images")
     demo.add_argument("--out", type=Path, default=Path("ditf_demo"), help="output folder")
     add_model_arguments(demo)
@@ -67,6 +74,23 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt", default="", help="text prompt (default empty)")
     group.add_argument("--guidance", type=float, default=3.5, help="Flux-dev guidance value (default 3.5)")
     group.add_argument("--micro-batch", type=int, help="rows per transformer pass, to bound memory")
+
+
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inspection (defaults: the model family's)")
+    group.add_argument("--layers", help="blocks to analyse in detail, like '28' or '20,28' (default: family layer k)")
+    group.add_argument("--t", type=float, help="flow-matching time in (0, 1); Flux default 0.26")
+    group.add_argument("--ensemble", type=int, help="noise draws averaged (default 8)")
+    group.add_argument("--resolution", type=int, help="long side in pixels fed to the model (default 640)")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    group.add_argument("--prompt", default="", help="text prompt (default empty)")
+    group.add_argument("--guidance", type=float, default=3.5, help="Flux-dev guidance value (default 3.5)")
+    group.add_argument("--micro-batch", type=int, help="rows per transformer pass, to bound memory")
+    group.add_argument("--ratio", type=float, default=100.0, help="massive: channel median >= RATIO x map median")
+    group.add_argument("--weak-ratio", type=float, default=10.0, help="weakly massive after AdaLN (default 10)")
+    group.add_argument("--gate-k", type=int, help="top-|gate| channels compared (default: number of massive ones)")
+    group.add_argument("--no-sweep", action="store_true", help="capture only --layers, no full-depth layer sweep")
+    group.add_argument("--cache-dir", type=Path, help="also keep the sweep in this folder for later runs")
 
 
 def load_from_args(args):
@@ -131,6 +155,51 @@ def run_extract(args) -> int:
     for (path, image, _), rgb in zip(results, pca_rgb([f.features[0] for _, _, f in results])):
         upsample_rgb(rgb, image.size).save(args.out / f"{path.stem}_pca.png")
     print(f"wrote {len(results)} feature files and PCA previews to {args.out}")
+    return 0
+
+
+def run_inspect(args) -> int:
+    from PIL import Image
+
+    from .inspect import SweepCache, inspect_pipeline
+    from .pipeline import parse_channel_list
+    from .samples import sample_pair
+
+    pipeline = load_from_args(args)
+    print(model_banner(pipeline))
+    if args.images:
+        missing = [str(path) for path in args.images if not path.is_file()]
+        if missing:
+            raise DiTFInputError(f"no image file at {', '.join(missing)}")
+        images = [Image.open(path).convert("RGB") for path in args.images]
+    else:
+        images = list(sample_pair()[:2])
+    if len({image.size for image in images}) > 1:  # one batch, one size: the statistics do not need the aspect
+        print(f"note: resizing all images to {images[0].size[0]}x{images[0].size[1]} (the first image's size)")
+        images = [image.resize(images[0].size, Image.Resampling.BICUBIC) for image in images]
+    layers = parse_channel_list(args.layers) if args.layers else None
+    inspection = inspect_pipeline(
+        pipeline,
+        images,
+        layers=layers,
+        sweep=not args.no_sweep,
+        cache=SweepCache(directory=args.cache_dir) if args.cache_dir else None,
+        ratio=args.ratio,
+        weak_ratio=args.weak_ratio,
+        gate_k=args.gate_k,
+        micro_batch=args.micro_batch,
+        progress=progress_printer("inspect"),
+        layer=layers[0] if layers else None,
+        t=args.t,
+        ensemble=args.ensemble,
+        resolution=args.resolution,
+        seed=args.seed,
+        prompt=args.prompt,
+        guidance=args.guidance,
+    )
+    written = inspection.save(args.out)
+    print(inspection.summary())
+    print(f"wrote {', '.join(path.name for path in written)} to {args.out}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The demo job: the whole pipeline on the bundled sample pair, with pictures and a one-screen summary."""
+"""The demo job: the whole pipeline on the bundled sample pair, with pictures, the massive-activation inspector's
+report and a one-screen summary."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from .visualize import labelled_grid, pca_rgb, upsample_rgb
 
 
 def run_demo_pipeline(pipeline, out: Path, extract_kwargs: dict, progress=None) -> str:
-    """Extract features of the sample pair in the three recipe modes; write PNGs, features and a summary.
+    """Extract features of the sample pair in the three recipe modes and inspect them (full-depth sweep); write
+    PNGs, features, the inspector report (``inspect/``) and a summary.
 
     Returns the summary text (also written to ``summary.txt``).
     """
@@ -43,6 +45,15 @@ def run_demo_pipeline(pipeline, out: Path, extract_kwargs: dict, progress=None) 
                      [upsample_rgb(rgb_a, scene_a.size), upsample_rgb(rgb_b, scene_b.size)]))
     labelled_grid(rows).save(out / "pca_modes.png")
 
+    from .inspect import inspect_pipeline
+
+    started = time.perf_counter()
+    inspect_settings = {k: v for k, v in extract_kwargs.items() if k not in ("mode", "discard", "micro_batch")}
+    inspection = inspect_pipeline(pipeline, [scene_a, scene_b], micro_batch=extract_kwargs.get("micro_batch"),
+                                  progress=progress and progress("inspect A+B"), **inspect_settings)
+    inspection.save(out / "inspect")
+    timings["inspect"] = time.perf_counter() - started
+
     settings = ditf_a.settings
     raw = by_mode["original"][0].features[0].flatten(1).T  # [N, C] raw block input
     per_channel, overall = channel_magnitudes(raw)
@@ -60,6 +71,8 @@ def run_demo_pipeline(pipeline, out: Path, extract_kwargs: dict, progress=None) 
         f"  discarded in mode ditf: {list(ditf_a.discarded) or 'none'}",
         f"  time for 2 images: " + ", ".join(f"{m} {s:.2f}s" for m, s in timings.items()),
         f"  wrote to {out}/: scene_a.png scene_b.png features_[ab].safetensors pca_modes.png summary.json",
+        inspection.summary(),
+        f"  wrote to {out}/inspect/: report.json sweep.safetensors " + " ".join(f"{n}.png" for n in inspection.figures),
     ]
     summary = "\n".join(lines)
     (out / "summary.txt").write_text(summary + "\n")
