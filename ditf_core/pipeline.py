@@ -9,7 +9,7 @@ all random numbers come from one CPU generator, whatever the device.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -167,7 +167,22 @@ class DiTFPipeline:
         progress: called as ``progress(done, total)`` after each transformer pass; may raise to interrupt.
         """
         run = self.capture(images, micro_batch=micro_batch, progress=progress, **settings)
-        s = run.settings
+        return self.features(run, discard=discard)
+
+    def features(
+        self,
+        run: PipelineCapture,
+        *,
+        layer: int | None = None,
+        mode: str | None = None,
+        discard: str | Sequence[int] | None = "auto",
+    ) -> DiTFeatures:
+        """Recipe steps 6-8 on a capture: the features of block ``layer`` (default: the capture's settings) in
+        ``mode`` (default: the settings'). One capture of several layers can serve several layers and modes."""
+        s = replace(run.settings, layer=run.settings.layer if layer is None else layer,
+                    mode=run.settings.mode if mode is None else _mode(mode))
+        if s.layer not in run.layers:
+            raise ValueError(f"layer {s.layer} was not captured (captured: {sorted(run.layers)})")
         captured = run.layers[s.layer]
         massive = find_massive_channels(captured.hidden, s.ratio)
         channels = resolve_discard(discard, massive, captured.hidden.shape[-1]) if s.mode == "ditf" else []

@@ -20,7 +20,7 @@ from .analysis import (
     massive_summary,
     table1,
 )
-from .inspector import Inspection, inspect_captures, inspect_pipeline
+from .inspector import Inspection, inspect_captures, inspect_pipeline, inspect_run
 from .report import REPORT_VERSION, channels_text, summary_text
 from .sweep import (
     DEFAULT_CACHE,
@@ -51,6 +51,7 @@ __all__ = [
     "gate_alignment",
     "inspect_captures",
     "inspect_pipeline",
+    "inspect_run",
     "massive_channels_for",
     "massive_summary",
     "model_key",

@@ -135,20 +135,40 @@ def inspect_pipeline(
     """
     resolved = pipeline.settings(**settings)
     layers = [resolved.layer] if layers is None else list(layers)
-    captured = range(pipeline.depth) if sweep else layers
     started = time.perf_counter()
-    run = pipeline.capture(images, layers=captured, micro_batch=micro_batch, progress=progress, **settings)
+    run = pipeline.capture(images, layers=range(pipeline.depth) if sweep else layers, micro_batch=micro_batch,
+                           progress=progress, **settings)
     capture_seconds = time.perf_counter() - started
+    inspection = inspect_run(pipeline, run, layers=layers, sweep=sweep, cache=cache, ratio=ratio,
+                             weak_ratio=weak_ratio, gate_k=gate_k, min_fraction=min_fraction, plots=plots)
+    inspection.report["seconds"] = {"capture": round(capture_seconds, 3),
+                                    "analysis_and_plots": round(time.perf_counter() - started - capture_seconds, 3)}
+    return inspection
+
+
+def inspect_run(
+    pipeline,
+    run,
+    *,
+    layers: Sequence[int] | None = None,
+    sweep: bool = True,
+    cache: SweepCache | None = None,
+    ratio: float = MASSIVE_RATIO,
+    weak_ratio: float = WEAK_RATIO,
+    gate_k: int | None = None,
+    min_fraction: float = 0.5,
+    plots: bool = True,
+) -> Inspection:
+    """Inspect an existing :meth:`DiTFPipeline.capture` result (``run``); with ``sweep``, over all its layers
+    (cached like :func:`inspect_pipeline`)."""
     model = {**pipeline.describe(), "name": pipeline.name, "key": model_key(pipeline.transformer)}
     report_settings = {name: getattr(run.settings, name) for name in ("t", "ensemble", "resolution", "seed", "prompt",
                                                                      "guidance")}
     inspection = inspect_captures(
-        run.layers, layers=layers, images=run.pixels, model=model, settings=report_settings, ratio=ratio,
-        weak_ratio=weak_ratio, gate_k=gate_k, min_fraction=min_fraction, sweep=sweep, plots=plots,
-        block_kind=lambda layer: pipeline.family.block_kind(pipeline.transformer, layer),
+        run.layers, layers=[run.settings.layer] if layers is None else layers, images=run.pixels, model=model,
+        settings=report_settings, ratio=ratio, weak_ratio=weak_ratio, gate_k=gate_k, min_fraction=min_fraction,
+        sweep=sweep, plots=plots, block_kind=lambda layer: pipeline.family.block_kind(pipeline.transformer, layer),
     )
-    inspection.report["seconds"] = {"capture": round(capture_seconds, 3),
-                                    "analysis_and_plots": round(time.perf_counter() - started - capture_seconds, 3)}
     if inspection.sweep is None:
         return inspection
     key = sweep_key(model["key"], run.settings, ratio)
