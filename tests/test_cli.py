@@ -37,13 +37,17 @@ def test_demo_writes_pictures_and_summary(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), *FAST]) == 0
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out
-    assert "massive channels at block 3: [13, 41]" in out or "massive channels at block 3: [41, 13]" in out
+    assert "discarded in mode ditf: [" in out and "channels for discard: " in out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert sorted(summary["settings"]["massive_channels"]) == [13, 41]
-    assert all(ratio > 100 for ratio in summary["massive_ratios"].values())
-    grid = Image.open(tmp_path / "pca_modes.png")
-    assert grid.width >= 2 * 384 and np.asarray(grid).std() > 10
-    for name in ("scene_a.png", "scene_b.png", "features_a.safetensors", "summary.txt"):
+    assert set(summary["matching"]) >= {"fast", "exact", "confident_cells"}
+    assert 0.0 <= summary["matching"]["exact"]["pck@0.10"] <= 1.0
+    report = json.loads((tmp_path / "inspect" / "report.json").read_text())
+    assert report["sweep"]["massive_layers"] == [2, 3, 4, 5]  # planted after block 1 of 6
+    for name in ("pca_modes.png", "matches.png", "warps.png", "inspect/sweep.png"):
+        picture = Image.open(tmp_path / name)
+        assert picture.width >= 384 and np.asarray(picture).std() > 10, name
+    for name in ("scene_a.png", "scene_b.png", "features_a.safetensors", "features_b.safetensors", "summary.txt"):
         assert (tmp_path / name).is_file()
 
 
