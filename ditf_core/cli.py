@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import DiTFInputError
+from .pipeline import MODES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect_arguments(inspect)
     inspect.set_defaults(run=run_inspect)
 
-    demo = commands.add_parser("demo", help="run the whole pipeline on the bundled sample images")
+    demo = commands.add_parser("demo", help="the whole pipeline on the bundled sample images (default: demo DiT)")
     demo.add_argument("--out", type=Path, default=Path("ditf_demo"), help="output folder")
     add_model_arguments(demo)
     add_extract_arguments(demo)
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", type=Path, help="diffusers folder or .safetensors transformer (default: demo DiT)")
+    group.add_argument("--model", type=Path, help="diffusers folder or .safetensors transformer")
+    group.add_argument("--demo", action="store_true", help="use the tiny RANDOM-weight demo DiT (a smoke test)")
     group.add_argument("--vae", type=Path, help="VAE folder or .safetensors, when --model holds only a transformer")
     group.add_argument("--config", type=Path, help="diffusers config folder for a single-file transformer")
     group.add_argument("--no-text-encoders", action="store_true", help="skip text encoders: zero conditioning")
@@ -62,30 +64,29 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="transformer dtype (default: auto)")
 
 
-def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("extraction (defaults: the model family's)")
-    group.add_argument("--layer", type=int, help="global block index k (Flux: 0-18 double, 19-56 single)")
+def add_sampling_arguments(group) -> None:
+    """What every capture needs: timestep, ensemble, resolution, seed, conditioning, memory bound."""
     group.add_argument("--t", type=float, help="flow-matching time in (0, 1); Flux default 0.26")
     group.add_argument("--ensemble", type=int, help="noise draws averaged (default 8)")
     group.add_argument("--resolution", type=int, help="long side in pixels fed to the model (default 640)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    group.add_argument("--discard", default="auto", help="'auto', 'none' or channels like '154,1446'")
-    group.add_argument("--mode", default="ditf", choices=["ditf", "adaln", "original"], help="recipe variant")
     group.add_argument("--prompt", default="", help="text prompt (default empty)")
     group.add_argument("--guidance", type=float, default=3.5, help="Flux-dev guidance value (default 3.5)")
     group.add_argument("--micro-batch", type=int, help="rows per transformer pass, to bound memory")
+
+
+def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("extraction (defaults: the model family's)")
+    group.add_argument("--layer", type=int, help="global block index k (Flux: 0-18 double, 19-56 single)")
+    add_sampling_arguments(group)
+    group.add_argument("--discard", default="auto", help="'auto', 'none' or channels like '154,1446'")
+    group.add_argument("--mode", default="ditf", choices=list(MODES), help="recipe variant")
 
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("inspection (defaults: the model family's)")
     group.add_argument("--layers", help="blocks to analyse in detail, like '28' or '20,28' (default: family layer k)")
-    group.add_argument("--t", type=float, help="flow-matching time in (0, 1); Flux default 0.26")
-    group.add_argument("--ensemble", type=int, help="noise draws averaged (default 8)")
-    group.add_argument("--resolution", type=int, help="long side in pixels fed to the model (default 640)")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    group.add_argument("--prompt", default="", help="text prompt (default empty)")
-    group.add_argument("--guidance", type=float, default=3.5, help="Flux-dev guidance value (default 3.5)")
-    group.add_argument("--micro-batch", type=int, help="rows per transformer pass, to bound memory")
+    add_sampling_arguments(group)
     group.add_argument("--ratio", type=float, default=100.0, help="massive: channel median >= RATIO x map median")
     group.add_argument("--weak-ratio", type=float, default=10.0, help="weakly massive after AdaLN (default 10)")
     group.add_argument("--gate-k", type=int, help="top-|gate| channels compared (default: number of massive ones)")
@@ -93,13 +94,14 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-dir", type=Path, help="also keep the sweep in this folder for later runs")
 
 
-def load_from_args(args):
-    """The pipeline the model arguments name (the demo DiT when no --model)."""
+def load_from_args(args, *, demo_by_default: bool = False):
+    """The pipeline the model arguments name: --model PATH, or --demo (the default only for ``demo``)."""
     import torch
 
     from .conditioning import FixedPromptEncoder
     from .pipeline import DiTFPipeline
 
+    check_model_choice(args, demo_by_default=demo_by_default)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     if args.model is None:
         pipeline = DiTFPipeline.demo(device=args.device, dtype=dtype)
@@ -117,19 +119,23 @@ def load_from_args(args):
     return pipeline
 
 
+def check_model_choice(args, *, demo_by_default: bool = False) -> None:
+    """Exactly one of --model / --demo (none means --demo only where ``demo_by_default``)."""
+    if args.model is not None and args.demo:
+        raise DiTFInputError("give either --model PATH or --demo, not both")
+    if args.model is None and not (args.demo or demo_by_default):
+        raise DiTFInputError("no model: give --model PATH (a diffusers folder or .safetensors transformer), or --demo "
+                             "for the tiny random-weight demo DiT")
+
+
+def sampling_kwargs(args) -> dict:
+    return dict(t=args.t, ensemble=args.ensemble, resolution=args.resolution, seed=args.seed, prompt=args.prompt,
+                guidance=args.guidance)
+
+
 def extract_kwargs(args) -> dict:
-    return dict(
-        layer=args.layer,
-        t=args.t,
-        ensemble=args.ensemble,
-        resolution=args.resolution,
-        seed=args.seed,
-        mode=args.mode,
-        prompt=args.prompt,
-        guidance=args.guidance,
-        discard=args.discard,
-        micro_batch=args.micro_batch,
-    )
+    return dict(layer=args.layer, mode=args.mode, discard=args.discard, micro_batch=args.micro_batch,
+                **sampling_kwargs(args))
 
 
 def run_extract(args) -> int:
@@ -162,7 +168,6 @@ def run_inspect(args) -> int:
     from PIL import Image
 
     from .inspect import SweepCache, inspect_pipeline
-    from .pipeline import parse_channel_list
     from .samples import sample_pair
 
     pipeline = load_from_args(args)
@@ -177,7 +182,7 @@ def run_inspect(args) -> int:
     if len({image.size for image in images}) > 1:  # one batch, one size: the statistics do not need the aspect
         print(f"note: resizing all images to {images[0].size[0]}x{images[0].size[1]} (the first image's size)")
         images = [image.resize(images[0].size, Image.Resampling.BICUBIC) for image in images]
-    layers = parse_channel_list(args.layers) if args.layers else None
+    layers = parse_index_list(args.layers, "--layers") if args.layers else None
     inspection = inspect_pipeline(
         pipeline,
         images,
@@ -190,12 +195,7 @@ def run_inspect(args) -> int:
         micro_batch=args.micro_batch,
         progress=progress_printer("inspect"),
         layer=layers[0] if layers else None,
-        t=args.t,
-        ensemble=args.ensemble,
-        resolution=args.resolution,
-        seed=args.seed,
-        prompt=args.prompt,
-        guidance=args.guidance,
+        **sampling_kwargs(args),
     )
     written = inspection.save(args.out)
     print(inspection.summary())
@@ -206,7 +206,7 @@ def run_inspect(args) -> int:
 def run_demo(args) -> int:
     from .demo import run_demo_pipeline
 
-    pipeline = load_from_args(args)
+    pipeline = load_from_args(args, demo_by_default=True)
     print(model_banner(pipeline))
     summary = run_demo_pipeline(pipeline, args.out, extract_kwargs(args), progress=progress_printer)
     print(summary)
@@ -233,3 +233,11 @@ def progress_printer(label: str):
 def write_json(path: Path, data) -> Path:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def parse_index_list(text: str, name: str) -> list[int]:
+    """"20, 28" -> [20, 28], or an error naming the option."""
+    try:
+        return [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
+    except ValueError:
+        raise DiTFInputError(f"{name} takes comma-separated block numbers like '20,28', got {text!r}") from None

@@ -15,6 +15,7 @@ from ditf_core.cli import main
 from ditf_core.samples import sample_scene
 
 FAST = ["--ensemble", "2", "--resolution", "128"]
+DEMO = ["--demo", *FAST]
 
 
 def test_extract_writes_features_and_previews(tmp_path, capsys):
@@ -22,7 +23,7 @@ def test_extract_writes_features_and_previews(tmp_path, capsys):
     for name, size in (("a", (120, 80)), ("b", (90, 90))):
         paths.append(tmp_path / f"{name}.png")
         sample_scene(size=size).save(paths[-1])
-    assert main(["extract", *map(str, paths), "--out", str(tmp_path / "out"), *FAST]) == 0
+    assert main(["extract", *map(str, paths), "--out", str(tmp_path / "out"), *DEMO]) == 0
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out
     features = DiTFeatures.load(tmp_path / "out" / "a.safetensors")
@@ -52,12 +53,14 @@ def test_demo_writes_pictures_and_summary(tmp_path, capsys):
 
 
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
-    assert main(["extract", str(tmp_path / "missing.png"), "--out", str(tmp_path), *FAST]) == 2
+    assert main(["extract", str(tmp_path / "missing.png"), "--out", str(tmp_path), *DEMO]) == 2
     assert "no image file at" in capsys.readouterr().err
     image = tmp_path / "a.png"
     sample_scene(size=(64, 64)).save(image)
-    assert main(["extract", str(image), "--layer", "99", *FAST]) == 2
+    assert main(["extract", str(image), "--layer", "99", *DEMO]) == 2
     assert "use 0..5" in capsys.readouterr().err
+    assert main(["extract", str(image), *FAST]) == 2  # never random weights by accident
+    assert "no model: give --model PATH" in capsys.readouterr().err
     assert main(["demo", "--model", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -317,4 +317,6 @@ def test_cli_runs_the_harness_with_a_pipeline_it_loads_lazily(tmp_path, monkeypa
     assert cli.main(argv) == 0  # rerun: every feature from the cache
     assert FakePipeline.extractor.calls == 6
     assert cli.main(["spair", str(root)]) == 2
-    assert "exactly one of --model PATH" in capsys.readouterr().err
+    assert "no model: give --model PATH" in capsys.readouterr().err
+    assert cli.main(["spair", str(root), "--demo", "--model", str(root)]) == 2
+    assert "either --model PATH or --demo, not both" in capsys.readouterr().err

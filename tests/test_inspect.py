@@ -339,7 +339,7 @@ def test_cli_inspect_writes_report_and_pictures(tmp_path, capsys):
         paths.append(tmp_path / f"{name}.png")
         sample_scene(size=size).save(paths[-1])
     out = tmp_path / "out"
-    assert main(["inspect", *map(str, paths), "--out", str(out), "--ensemble", "1", "--resolution", "96",
+    assert main(["inspect", *map(str, paths), "--demo", "--out", str(out), "--ensemble", "1", "--resolution", "96",
                  "--layers", "3,5"]) == 0
     printed = capsys.readouterr().out
     assert "resizing all images" in printed and "massive at blocks [2, 3, 4, 5]" in printed
@@ -348,5 +348,5 @@ def test_cli_inspect_writes_report_and_pictures(tmp_path, capsys):
     assert sorted(report["channels"]) == sorted(PLANTED) and report["model"]["family"] == "flux"
     for name in report["figures"]:
         assert (out / name).is_file()
-    assert main(["inspect", str(tmp_path / "missing.png"), "--out", str(out)]) == 2
+    assert main(["inspect", str(tmp_path / "missing.png"), "--demo", "--out", str(out)]) == 2
     assert "no image file at" in capsys.readouterr().err

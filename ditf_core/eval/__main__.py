@@ -13,7 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import add_extract_arguments, add_model_arguments, extract_kwargs, load_from_args, model_banner
+from ..cli import (
+    add_extract_arguments,
+    add_model_arguments,
+    check_model_choice,
+    extract_kwargs,
+    load_from_args,
+    model_banner,
+)
 from ..errors import DiTFInputError
 from .datasets import READERS
 from .harness import evaluate
@@ -36,7 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dataset", choices=sorted(READERS), help="benchmark layout (see ditf_core.eval.datasets)")
     parser.add_argument("root", type=Path, help="dataset folder (SPair-71k, PF-dataset-PASCAL or ap-10k)")
     parser.add_argument("--split", default="test", help="annotation split (default test)")
-    parser.add_argument("--demo", action="store_true", help="use the tiny RANDOM-weight demo DiT (smoke test)")
     add_model_arguments(parser)
     add_extract_arguments(parser)
     run_group = parser.add_argument_group("evaluation")
@@ -53,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    if args.demo == (args.model is not None):
-        raise DiTFInputError("pass exactly one of --model PATH (a diffusers folder) or --demo (random-weight model)")
+    check_model_choice(args)
     if args.limit is not None and args.limit < 1:
         raise DiTFInputError(f"--limit must be a positive number of pairs, got {args.limit}")
     pairs = READERS[args.dataset](args.root, args.split)
@@ -64,7 +69,7 @@ def run(args) -> int:
             raise DiTFInputError(f"no pairs of categories {args.category} in {args.root} ({args.split})")
     pairs = pairs[: args.limit]
 
-    pipeline = load_from_args(args)  # lazy: imports ditf_core.pipeline and torch models only now
+    pipeline = load_from_args(args)
     print(model_banner(pipeline), file=sys.stderr)
     options = extract_kwargs(args)
     settings = cache_settings(pipeline, args, options)
