@@ -25,6 +25,9 @@ def pca_rgb(maps: Sequence[torch.Tensor], *, low: float = 0.01, high: float = 0.
         raise ValueError("feature maps must all be [C, h, w] with the same C")
     cells = torch.cat([m.detach().float().cpu().flatten(1).T for m in maps])  # [sum(h*w), C]
     cells = cells - cells.mean(dim=0)
+    if cells.shape[1] > 64 and cells.numel() > 2_000_000:
+        # Wide maps (Flux: 3072 channels): a full SVD takes seconds; the top components live in a small subspace.
+        cells = cells @ principal_subspace(cells, 16)
     _, _, vh = torch.linalg.svd(cells, full_matrices=False)
     components = vh[:3]
     components = components * torch.sign(components.gather(1, components.abs().argmax(1, keepdim=True)))
@@ -40,6 +43,16 @@ def pca_rgb(maps: Sequence[torch.Tensor], *, low: float = 0.01, high: float = 0.
         out.append(rgb[start : start + n].T.reshape(3, m.shape[1], m.shape[2]))
         start += n
     return out
+
+
+def principal_subspace(cells: torch.Tensor, rank: int, iterations: int = 4) -> torch.Tensor:
+    """[C, rank] orthonormal basis spanning the top principal directions of centred cells [M, C] (randomised
+    subspace iteration from a fixed seed, Halko et al. 2011: deterministic)."""
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.randn(cells.shape[1], rank, generator=generator)
+    for _ in range(iterations):
+        basis, _ = torch.linalg.qr(cells.T @ (cells @ basis))
+    return basis
 
 
 def upsample_rgb(rgb: torch.Tensor, size: tuple[int, int]) -> Image.Image:

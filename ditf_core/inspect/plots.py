@@ -198,25 +198,9 @@ def layer_sweep_plot(sweep: LayerSweep, *, title: str, split: int | None = None)
 
 
 def _pca_rgb_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> list[torch.Tensor]:
-    """tokens [B, N, C] -> B RGB maps [3, h, w]: :func:`ditf_core.visualize.pca_rgb` (one joint PCA), with the
-    channels first projected onto a 16-dimensional subspace holding the top principal directions when the maps
-    are wide (Flux: 3072 channels; a full SVD there takes seconds, this takes ~0.1 s and is deterministic)."""
+    """tokens [B, N, C] -> B RGB maps [3, h, w] from one joint PCA (:func:`ditf_core.visualize.pca_rgb`)."""
     b, n, c = tokens.shape
-    cells = tokens.detach().to("cpu", torch.float32).reshape(b * n, c)
-    if c > 64 and b * n * c > 2_000_000:
-        cells = cells @ _principal_subspace(cells - cells.mean(dim=0), 16)
-    maps = cells.reshape(b, n, -1).transpose(1, 2).reshape(b, -1, *grid)
-    return pca_rgb(list(maps))
-
-
-def _principal_subspace(cells: torch.Tensor, rank: int, iterations: int = 4) -> torch.Tensor:
-    """[C, rank] orthonormal basis spanning the top principal directions of centred cells [M, C] (randomised
-    subspace iteration from a fixed seed; Halko et al. 2011)."""
-    generator = torch.Generator().manual_seed(0)
-    basis = torch.randn(cells.shape[1], rank, generator=generator)
-    for _ in range(iterations):
-        basis, _ = torch.linalg.qr(cells.T @ (cells @ basis))
-    return basis
+    return pca_rgb(list(tokens.detach().transpose(1, 2).reshape(b, c, *grid)))
 
 
 def _rows(capture: EnsembleCapture, count: int):
