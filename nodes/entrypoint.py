@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
+
+from .nodes_extract import ExtractFeatures
+from .nodes_load import LoadDiffusersDiT, LoadDiT
+
+NODES: list[type[io.ComfyNode]] = [LoadDiT, LoadDiffusersDiT, ExtractFeatures]
 
 
 class DiTFExtension(ComfyExtension):
+    @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return []
+        return list(NODES)
 
 
 async def comfy_entrypoint() -> DiTFExtension:

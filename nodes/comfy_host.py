@@ -1,0 +1,323 @@
+"""The ComfyUI host: DiTF capture on the MODEL / VAE / CLIP objects ComfyUI already has loaded.
+
+The only module of the pack that touches ModelPatcher and ``comfy.model_management``. Capture (design §3):
+
+* ``clone = model.clone()`` - the user's MODEL is never patched - and one
+  ``clone.set_model_patch_replace(fn, "dit", "double_block" | "single_block", i)`` per requested block;
+* ``fn`` copies the image tokens entering the block (Flux single blocks see ``cat(txt, img)``; Flux blocks add
+  into their inputs in place, hence the copies) and the block's own AdaLN modulation computed by the block's own
+  module, then runs the original block - or raises a private ``StopForward`` at the deepest requested block;
+* ``clone.model.apply_model(x_t, sigma, transformer_options=<the clone's>, **conds)`` with ``sigma = t``:
+  ComfyUI's flow models noise as ``sigma * noise + (1 - sigma) * x0``, the recipe's ``x_t``;
+* the clone is dropped afterwards, whatever happened, so nothing stays patched.
+
+Weights stay wherever ComfyUI keeps them (fp8 / bf16 / partly offloaded): ``load_models_gpu`` loads the clone
+exactly as a sampler would. ComfyUI's ``VAE.encode`` returns the posterior mode, so the E ensemble members share
+one clean latent and differ by their noise only (the diffusers host samples E posterior latents).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import comfy.model_base
+import comfy.model_management
+import comfy.utils
+import torch
+from comfy.ldm.flux.model import Flux as ComfyFlux
+from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+from ..ditf_core.capture import BlockInput
+from ..ditf_core.errors import UnsupportedModelError
+from ..ditf_core.families import DiTFamily, FamilyDefaults, Modulation
+from ..ditf_core.families.flux import FluxFamily
+from ..ditf_core.families.sd3 import SD3Family
+from ..ditf_core.images import resize_for_model
+from ..ditf_core.pipeline import draw_noise
+from ..ditf_core.recipe import EnsembleCapture, ProgressFn, average_over_ensemble
+from .model import DEFAULT_GUIDANCE, TextConditioning, parse_conditioning
+
+SUPPORTED = "Flux.1 dev / schnell (and other comfy.ldm.flux models) and SD3 / SD3.5 (MMDiT)"
+
+
+class StopForward(Exception):
+    """Raised by the capture patch at the deepest requested block; caught around ``apply_model`` only."""
+
+
+@dataclass(frozen=True)
+class ComfyHost:
+    """The user's MODEL (a ModelPatcher, never modified), VAE and optional CLIP, with what DiTF needs to know.
+
+    structure: the block lists in the layout ``ditf_core.families`` adapters read (``transformer_blocks`` /
+    ``single_transformer_blocks``), so block counts, split and defaults come from the same code as diffusers'.
+    """
+
+    model: Any
+    vae: Any
+    clip: Any
+    family: DiTFamily
+    structure: Any
+    hidden_size: int
+    context_dim: int
+    pooled_dim: int | None
+    max_tokens: int | None  # SD3: position embeddings cover at most this many tokens per side
+    kind: str = "comfyui"
+
+    @classmethod
+    def create(cls, model, vae, clip=None) -> ComfyHost:
+        """Inspect ComfyUI's MODEL / VAE (/ CLIP); an unsupported model gets an error naming the supported ones."""
+        base = getattr(model, "model", None)
+        if base is None or not hasattr(model, "clone"):
+            raise TypeError(
+                "model must be a ComfyUI MODEL (from a checkpoint or diffusion model loader), "
+                f"got {type(model).__name__}"
+            )
+        diffusion = model.get_model_object("diffusion_model")
+        if isinstance(base, comfy.model_base.Flux) and isinstance(diffusion, ComfyFlux):
+            host = cls._flux(model, vae, clip, diffusion)
+        elif isinstance(base, comfy.model_base.SD3) and isinstance(diffusion, MMDiT):
+            host = cls._mmdit(model, vae, clip, diffusion)
+        else:
+            raise UnsupportedModelError(
+                f"this MODEL is a {type(base).__name__} ({type(diffusion).__name__}), not a supported Diffusion "
+                f"Transformer; DiTF supports {SUPPORTED}. UNet models (SD1.5, SDXL) have no transformer blocks to read."
+            )
+        host._check_vae()
+        if clip is not None and not hasattr(clip, "encode_from_tokens_scheduled"):
+            raise TypeError(f"clip must be a ComfyUI CLIP (from a CLIP loader), got {type(clip).__name__}")
+        return host
+
+    @classmethod
+    def _flux(cls, model, vae, clip, flux) -> ComfyHost:
+        params = flux.params
+        if flux.patch_size != FluxFamily.patch:
+            raise UnsupportedModelError(f"this Flux uses {flux.patch_size}x{flux.patch_size} patches; DiTF needs 2x2")
+        structure = SimpleNamespace(
+            transformer_blocks=list(flux.double_blocks), single_transformer_blocks=list(flux.single_blocks)
+        )
+        return cls(model, vae, clip, FluxFamily(), structure, int(params.hidden_size), int(params.context_in_dim),
+                   int(params.vec_in_dim), None)
+
+    @classmethod
+    def _mmdit(cls, model, vae, clip, mmdit) -> ComfyHost:
+        hidden = int(mmdit.hidden_size)
+        for index, block in enumerate(mmdit.joint_blocks):
+            chunks = block.x_block.adaLN_modulation[-1].out_features // hidden
+            if chunks not in (6, 9):  # (shift, scale, gate) x 2, or x 3 with SD3.5's second attention
+                raise UnsupportedModelError(
+                    f"joint block {index} of this MMDiT has an unsupported modulation ({chunks} chunks)"
+                )
+        embedder = mmdit.context_embedder
+        if not hasattr(embedder, "in_features"):
+            raise UnsupportedModelError("this MMDiT has no text context embedder; DiTF supports SD3 / SD3.5")
+        pooled = None if mmdit.y_embedder is None else int(mmdit.y_embedder.mlp[0].in_features)
+        structure = SimpleNamespace(transformer_blocks=list(mmdit.joint_blocks))
+        return cls(model, vae, clip, SD3Family(), structure, hidden, int(embedder.in_features), pooled,
+                   mmdit.pos_embed_max_size)
+
+    def _check_vae(self) -> None:
+        if not hasattr(self.vae, "encode") or not hasattr(self.vae, "latent_channels"):
+            raise TypeError(
+                f"vae must be a ComfyUI VAE (from a VAE or checkpoint loader), got {type(self.vae).__name__}"
+            )
+        needed = self.model.model.latent_format.latent_channels
+        ratio = self.vae.spacial_compression_encode()
+        if self.vae.latent_channels != needed or ratio != self.family.vae_factor:
+            raise ValueError(
+                f"the VAE makes {self.vae.latent_channels}-channel latents at 1/{ratio} scale but this "
+                f"{self.family.label} needs {needed} channels at 1/{self.family.vae_factor}: wire the model's own VAE "
+                "(Flux: ae.safetensors; SD3/SD3.5: the checkpoint's VAE)"
+            )
+
+    # --- what DiTFModel asks of a host --------------------------------------------------------------------
+    @property
+    def defaults(self) -> FamilyDefaults:
+        return self.family.defaults(self.structure)
+
+    @property
+    def can_encode_prompts(self) -> bool:
+        return self.clip is not None
+
+    def describe(self) -> dict:
+        """The model fingerprint, with the same keys as ``DiTFPipeline.describe``."""
+        base = self.model.model
+        config = getattr(base.model_config, "unet_config", {})
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        blocks = self.family.blocks(self.structure)
+        return {
+            "name": f"ComfyUI {type(base).__name__}",
+            "family": self.family.name,
+            "class": type(self.model.get_model_object("diffusion_model")).__name__,
+            "config_sha256": digest,
+            "depth": len(blocks),
+            "split": self.family.split(self.structure),
+            "hidden_size": self.hidden_size,
+            "text": "the CLIP wired into Load DiT" if self.clip is not None else "zero conditioning (no CLIP wired)",
+        }
+
+    def check_grid(self, grid: tuple[int, int]) -> None:
+        """grid: (width, height) feature cells; SD3's position embeddings cap the token grid."""
+        if self.max_tokens is not None and max(grid) > self.max_tokens:
+            limit = self.max_tokens * self.family.patch * self.family.vae_factor
+            raise ValueError(
+                f"this SD3 model has position embeddings for at most {self.max_tokens}x{self.max_tokens} tokens "
+                f"({limit} px); lower the resolution"
+            )
+
+    def encode(self, pixels: torch.Tensor, mapping, ensemble: int, generator: torch.Generator) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> clean normalised latents [1, B, C, h, w] (one per image)."""
+        check_interrupted()
+        resized = resize_for_model(pixels, mapping.model_size)
+        raw = self.vae.encode(resized.movedim(1, -1))
+        latents = self.model.model.process_latent_in(raw.float()).float().cpu()
+        # The diffusers host draws E posterior samples here; draw (and ignore: ComfyUI gives the posterior mode)
+        # the same numbers so that both hosts noise with the same draws for a seed.
+        draw_noise((ensemble, *latents.shape), generator)
+        return latents.unsqueeze(0)
+
+    def encode_prompt(self, prompt: str) -> TextConditioning:
+        conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompt))
+        return parse_conditioning(conditioning, self.context_dim, self.pooled_dim, self.family.label, source="prompt")
+
+    def zero_conditioning(self) -> TextConditioning:
+        context = torch.zeros(1, self.family.zero_text_tokens, self.context_dim)
+        return TextConditioning(context, torch.zeros(1, self.pooled_dim or 1), DEFAULT_GUIDANCE, "zero")
+
+    def capture(self, latents, noise, *, t: float, layers: list[int], conditioning: TextConditioning,
+                progress: ProgressFn | None = None) -> dict[int, EnsembleCapture]:
+        """Block inputs of ``layers`` averaged over the ensemble, one early-exit pass per draw (all images)."""
+        batch = latents.shape[1]
+        patch = self.family.patch
+        grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
+        context = conditioning.context.expand(batch, *conditioning.context.shape[1:])
+        pooled = conditioning.pooled.expand(batch, *conditioning.pooled.shape[1:])
+        store: dict[int, BlockInput] = {}
+        clone = self.model.clone()
+        for layer in layers:
+            patch_fn = _capture_patch(store, layer, self._block(layer), self._modulation_fn(layer),
+                                      start=context.shape[1] if self._is_single(layer) else 0,
+                                      tokens=grid[0] * grid[1], stop=layer == layers[-1])
+            clone.set_model_patch_replace(patch_fn, "dit", *self._patch_key(layer))
+        base = clone.model
+        shape = [batch, *latents.shape[2:]]
+        comfy.model_management.load_models_gpu(
+            [clone], memory_required=base.memory_required(shape), minimum_memory_required=base.memory_required(shape)
+        )
+        device = clone.load_device  # where load_models_gpu put the weights (as samplers do)
+        options = clone.model_options["transformer_options"]
+
+        def run(x_t: torch.Tensor, images: torch.Tensor) -> dict[int, BlockInput]:
+            check_interrupted()
+            store.clear()
+            x_t = x_t.to(device)
+            sigma = torch.full((x_t.shape[0],), t, device=device)
+            conds = base.extra_conds(noise=x_t, device=device, cross_attn=context[images].to(device),
+                                     pooled_output=pooled[images].to(device), guidance=conditioning.guidance)
+            kwargs = {name: cond.process_cond(batch_size=x_t.shape[0], area=None).cond for name, cond in conds.items()}
+            try:
+                base.apply_model(x_t, sigma, transformer_options={**options, "sigmas": sigma}, **kwargs)
+            except StopForward:
+                pass
+            missing = [layer for layer in layers if layer not in store]
+            if missing:
+                raise RuntimeError(f"the forward pass never reached block(s) {missing}; another node may replace them")
+            return dict(store)
+
+        try:
+            averaged = average_over_ensemble(latents, noise, t=t, run=run, micro_batch=batch, progress=progress)
+        finally:
+            store.clear()  # the clone (and its patches) is dropped with this frame
+        size = self.hidden_size
+        return {
+            layer: EnsembleCapture(hidden.cpu(), _modulation(mod.cpu(), size), (grid[0], grid[1]))
+            for layer, (hidden, mod) in averaged.items()
+        }
+
+    # --- blocks -----------------------------------------------------------------------------------------
+    def _block(self, layer: int):
+        return self.family.blocks(self.structure)[layer]
+
+    def _is_single(self, layer: int) -> bool:
+        return layer >= self.family.split(self.structure)
+
+    def _patch_key(self, layer: int) -> tuple[str, int]:
+        if self._is_single(layer):
+            return "single_block", layer - self.family.split(self.structure)
+        return "double_block", layer
+
+    def _modulation_fn(self, layer: int):
+        if isinstance(self.family, SD3Family):
+            return _mmdit_modulation
+        return _flux_single_modulation if self._is_single(layer) else _flux_double_modulation
+
+
+def _capture_patch(store: dict, layer: int, block, modulation, *, start: int, tokens: int, stop: bool):
+    """The replace patch for one block. It holds the block module and the store, never the clone (a reference
+    cycle would keep the clone alive in ComfyUI's loaded-model list)."""
+
+    def patch(args: dict, extra: dict) -> dict:
+        image = args["img"][:, start : start + tokens].clone()
+        # BlockInput's second slot carries the block's (shift | scale | gate) [m, 3C] instead of the raw
+        # conditioning vector: ComfyUI's blocks compute modulation with their own modules (fp8, LoRA, offload).
+        store[layer] = BlockInput(image, modulation(block, args["vec"]))
+        if stop:
+            raise StopForward
+        return extra["original_block"](args)
+
+    return patch
+
+
+def _flux_double_modulation(block, vec: torch.Tensor) -> torch.Tensor:
+    mod, _ = block.img_mod(vec)  # image stream, attention branch
+    return _flat(vec, mod.shift, mod.scale, mod.gate)
+
+
+def _flux_single_modulation(block, vec: torch.Tensor) -> torch.Tensor:
+    mod, _ = block.modulation(vec)
+    return _flat(vec, mod.shift, mod.scale, mod.gate)
+
+
+def _mmdit_modulation(block, vec: torch.Tensor) -> torch.Tensor:
+    out = block.x_block.adaLN_modulation(vec)
+    shift, scale, gate = out.chunk(out.shape[1] // vec.shape[1], dim=1)[:3]  # image (x) stream, attention
+    return _flat(vec, shift, scale, gate)
+
+
+def _flat(vec: torch.Tensor, *parts: torch.Tensor) -> torch.Tensor:
+    return torch.cat([part.reshape(vec.shape[0], -1) for part in parts], dim=1).float()
+
+
+def _modulation(flat: torch.Tensor, size: int) -> Modulation:
+    return Modulation(shift=flat[:, :size], scale=flat[:, size : 2 * size], gate=flat[:, 2 * size :])
+
+
+# --- ComfyUI runtime services the other node modules use ---------------------------------------------------
+def check_interrupted() -> None:
+    """Raise ComfyUI's interrupt exception when the user pressed Cancel."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def progress_reporter(total: int) -> ProgressFn:
+    """``progress(done, total)`` for ditf_core loops: drives the running node's progress bar (``total`` steps,
+    shown from the start) and honours Cancel between steps."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def report(done: int, steps: int) -> None:
+        bar.update_absolute(done, steps)
+        check_interrupted()
+
+    return report
+
+
+def torch_device() -> torch.device:
+    return comfy.model_management.get_torch_device()
+
+
+def make_room(num_bytes: int, device: torch.device) -> None:
+    """Ask ComfyUI to offload its models until ``num_bytes`` fit on ``device`` (for models it does not manage)."""
+    if device.type != "cpu":
+        comfy.model_management.free_memory(num_bytes, device)

@@ -1,0 +1,323 @@
+"""DITF_MODEL: what the Load DiT nodes produce, and feature extraction from it whichever host it wraps.
+
+A :class:`DiTFModel` holds a *host*:
+
+* ``comfy_host.ComfyHost`` - the Flux / SD3 MODEL, VAE and optional CLIP the user already has loaded in ComfyUI;
+* :class:`DiffusersHost` - a ``ditf_core.DiTFPipeline`` loaded from a diffusers folder.
+
+A host encodes images, builds text conditioning and captures block inputs averaged over the ensemble. Everything
+else - resize mapping, seeding, massive channels, discard, LayerNorm + modulation, the settings record - happens
+here, once, so both hosts return the same ``ditf_core.DiTFeatures`` with the same settings keys. Seeded random
+numbers are drawn in the same order as ``DiTFPipeline.extract``: E posterior draws, then E noise draws.
+
+This module never imports ComfyUI (it is tested without it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..ditf_core.capture import check_layers
+from ..ditf_core.conditioning import ZeroPromptEncoder
+from ..ditf_core.features import DiTFeatures
+from ..ditf_core.mapping import PixelMapping
+from ..ditf_core.massive import find_massive_channels
+from ..ditf_core.pipeline import MODES, DiTFPipeline, ExtractSettings, draw_noise, resolve_discard
+from ..ditf_core.recipe import EnsembleCapture, ProgressFn, apply_recipe, capture_ensemble, check_timestep
+from ..ditf_core.visualize import pca_rgb
+from .checks import MAX_SEED, check_choice, check_float, check_int
+
+DEFAULT_GUIDANCE = 3.5  # Flux-dev's distilled guidance when the conditioning carries none (ComfyUI's default too)
+
+
+@dataclass(frozen=True)
+class TextConditioning:
+    """Text conditioning in host-neutral form: context [1 or B, L, D], pooled [1 or B, P], Flux guidance.
+
+    source: "zero" (no text encoder), "prompt" (encoded here) or "CONDITIONING input".
+    """
+
+    context: torch.Tensor
+    pooled: torch.Tensor
+    guidance: float
+    source: str
+
+
+@dataclass(frozen=True)
+class ModelCapture:
+    """Raw block inputs before the recipe's discard / LayerNorm / modulation (what an inspector analyses).
+
+    layers: {global block index: EnsembleCapture (hidden [B, N, C] float32 averaged over the ensemble,
+    modulation [B, C] each, grid)}; settings: resolved settings (``layer`` = the deepest block); mapping: original
+    pixels <-> feature cells; conditioning: where the text conditioning came from.
+    """
+
+    layers: dict[int, EnsembleCapture]
+    settings: ExtractSettings
+    mapping: PixelMapping
+    conditioning: str
+
+
+@dataclass(frozen=True)
+class DiTFModel:
+    """The DITF_MODEL value: a host plus the recipe. Immutable; safe to share between node runs."""
+
+    host: Any
+
+    @property
+    def family(self):
+        return self.host.family
+
+    @property
+    def defaults(self):
+        return self.host.defaults
+
+    @property
+    def depth(self) -> int:
+        return len(self.family.blocks(self.host.structure))
+
+    @property
+    def split(self) -> int:
+        return self.family.split(self.host.structure)
+
+    def summary(self) -> str:
+        """One paragraph for users: family, blocks, defaults, host and text conditioning."""
+        d, depth, split = self.defaults, self.depth, self.split
+        blocks = f"{split} double + {depth - split} single blocks" if split < depth else f"{depth} joint blocks"
+        model = self.host.describe()
+        return (
+            f"{self.family.label} ({model['class']}, {self.host.kind} host): {blocks}, hidden size "
+            f"{model['hidden_size']}. Defaults: layer {d.layer}, t {d.t}, {d.resolution} px, ensemble {d.ensemble} "
+            f"({d.source}). Text: {model['text']}."
+        )
+
+    def extract(self, pixels, *, layer: int | None = None, **settings) -> DiTFeatures:
+        """DiTF features of one block (``layer`` None or -1: the family default); see :meth:`extract_layers`."""
+        features = self.extract_layers(pixels, layers=[layer], **settings)
+        return next(iter(features.values()))
+
+    def extract_layers(self, pixels, *, discard="auto", **settings) -> dict[int, DiTFeatures]:
+        """Features of several blocks from ONE early-exit pass per ensemble draw, keyed by global block index.
+
+        discard: "auto" (massive channels found at that block), "none" or channel numbers; mode "ditf" only.
+        Other arguments as in :meth:`capture`.
+        """
+        if settings.get("mode", "ditf") == "ditf":
+            resolve_discard(discard, [], self.host.hidden_size)  # a bad channel list fails now, not after the passes
+        run = self.capture(pixels, **settings)
+        s, model = run.settings, self.host.describe()
+        features = {}
+        for layer, capture in run.layers.items():
+            massive = find_massive_channels(capture.hidden, s.ratio)
+            channels = resolve_discard(discard, massive, capture.hidden.shape[-1]) if s.mode == "ditf" else []
+            tokens = apply_recipe(capture.hidden, capture.modulation, discard=channels, modulate=s.mode != "original")
+            record = {
+                "family": self.family.name,
+                **replace(s, layer=layer).__dict__,
+                "discard": discard if isinstance(discard, str) or discard is None else list(discard),
+                "massive_channels": massive,
+                "model": model,
+                "host": self.host.kind,
+                "conditioning": run.conditioning,
+            }
+            maps = self.family.tokens_to_map(tokens, capture.grid).contiguous()
+            features[layer] = DiTFeatures(maps, run.mapping, record, tuple(channels))
+        return features
+
+    def capture(
+        self,
+        pixels,
+        *,
+        layers: Sequence[int | None] = (None,),
+        t: float | None = None,
+        ensemble: int | None = None,
+        resolution: int | None = None,
+        seed: int = 0,
+        mode: str = "ditf",
+        prompt: str = "",
+        conditioning=None,
+        ratio: float = 100.0,
+        progress: ProgressFn | None = None,
+    ) -> ModelCapture:
+        """Recipe steps 1-5 (resize, encode, noise, run to the deepest block, average) for ``layers``.
+
+        pixels: float [B, 3, H, W] in [0, 1] (see ``checks.image_batch``). layers: global block indices, None or -1
+        for the family default. conditioning: ComfyUI CONDITIONING (exclusive with ``prompt``). ``mode`` and
+        ``ratio`` are checked and recorded for the recipe. progress(done, total) is called after each pass.
+        """
+        host, d = self.host, self.defaults
+        chosen = [d.layer if layer is None or layer == -1 else layer for layer in layers]
+        layers = check_layers(host.structure, self.family, chosen)
+        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError("pixels must be a float tensor [B, 3, H, W] in [0, 1]")
+        s = ExtractSettings(
+            layer=layers[-1],
+            t=check_timestep(d.t if t is None else t),
+            ensemble=check_int("ensemble", d.ensemble if ensemble is None else ensemble, 1, 1024),
+            resolution=check_int("resolution", d.resolution if resolution is None else resolution, 16, 16384),
+            seed=check_int("seed", seed, 0, MAX_SEED),
+            mode=check_choice("mode", mode, MODES),
+            prompt=prompt,
+            guidance=DEFAULT_GUIDANCE,
+            ratio=check_float("ratio", ratio, 1e-6, 1e12),
+        )
+        batch, _, height, width = pixels.shape
+        mapping = PixelMapping.for_image(width, height, s.resolution, self.family.patch * self.family.vae_factor)
+        host.check_grid(mapping.grid_size)
+        cond = self.conditioning(prompt, conditioning, batch)
+        generator = torch.Generator("cpu").manual_seed(s.seed)
+        latents = host.encode(pixels, mapping, s.ensemble, generator)
+        noise = draw_noise((s.ensemble, *latents.shape[1:]), generator)
+        captured = host.capture(latents, noise, t=s.t, layers=layers, conditioning=cond, progress=progress)
+        return ModelCapture(captured, replace(s, guidance=cond.guidance), mapping, cond.source)
+
+    def conditioning(self, prompt: str, conditioning, batch: int) -> TextConditioning:
+        """CONDITIONING input, else the prompt through the host's text encoders, else zero conditioning."""
+        host = self.host
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be text, got {type(prompt).__name__}")
+        if conditioning is not None:
+            if prompt.strip():
+                raise ValueError("give either a CONDITIONING input or prompt text, not both; clear the prompt widget")
+            cond = parse_conditioning(conditioning, host.context_dim, host.pooled_dim, self.family.label)
+        elif host.can_encode_prompts:
+            cond = host.encode_prompt(prompt)
+        elif prompt.strip():
+            raise ValueError(
+                "prompt text needs text encoders: wire a CLIP into Load DiT (or load the diffusers folder with "
+                "text_encoders on), or connect a CONDITIONING instead"
+            )
+        else:
+            cond = host.zero_conditioning()
+        for name, value in (("text embeddings", cond.context), ("pooled_output", cond.pooled)):
+            if value.shape[0] not in (1, batch):
+                raise ValueError(
+                    f"the CONDITIONING {name} have batch {value.shape[0]} but the IMAGE batch holds {batch} images; "
+                    "give one conditioning (shared by all images) or exactly one per image"
+                )
+        return cond
+
+
+def parse_conditioning(conditioning, context_dim: int, pooled_dim: int | None, label: str,
+                       source: str = "CONDITIONING input") -> TextConditioning:
+    """ComfyUI CONDITIONING ``[[context [B, L, D], {"pooled_output": [B, P], "guidance": g, ...}]]`` checked
+    against the model's widths."""
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        raise TypeError("conditioning must be ComfyUI CONDITIONING (from a text encode node), got "
+                        f"{type(conditioning).__name__}")
+    if len(conditioning) > 1:
+        raise ValueError(
+            f"the CONDITIONING holds {len(conditioning)} entries (combined or area conditioning); DiTF uses one "
+            "text conditioning: connect a single text encode"
+        )
+    entry = conditioning[0]
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[1], dict):
+        raise TypeError("conditioning entries must be [tensor, dict] as ComfyUI's text encoders make them")
+    context, extra = entry
+    if not isinstance(context, torch.Tensor) or context.ndim != 3 or context.shape[-1] != context_dim:
+        shape = list(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+        raise ValueError(
+            f"the CONDITIONING text embeddings are {shape} but this {label} expects [B, L, {context_dim}]; encode the "
+            "prompt with this model's own text encoders (Flux: DualCLIPLoader type flux; SD3: TripleCLIPLoader)"
+        )
+    pooled = extra.get("pooled_output")
+    if pooled is None and pooled_dim is None:
+        pooled = torch.zeros(context.shape[0], 1)
+    wrong_width = isinstance(pooled, torch.Tensor) and pooled_dim is not None and pooled.shape[-1] != pooled_dim
+    if not isinstance(pooled, torch.Tensor) or pooled.ndim != 2 or wrong_width:
+        shape = list(pooled.shape) if isinstance(pooled, torch.Tensor) else pooled
+        raise ValueError(
+            f"the CONDITIONING pooled_output is {shape} but this {label} expects [B, {pooled_dim}]; use a text encode "
+            "node of this model's CLIP"
+        )
+    if pooled.shape[0] != context.shape[0]:
+        raise ValueError(
+            f"the CONDITIONING has {context.shape[0]} text embeddings but {pooled.shape[0]} pooled vectors"
+        )
+    guidance = extra.get("guidance")
+    guidance = DEFAULT_GUIDANCE if guidance is None else check_float("CONDITIONING guidance", guidance, 0.0, 1000.0)
+    return TextConditioning(context, pooled, guidance, source)
+
+
+def preview_image(features: DiTFeatures) -> torch.Tensor:
+    """A ComfyUI IMAGE [B, H, W, 3] in [0, 1] at the original image size: one PCA over the whole batch, so equal
+    colours mean similar features across images; feature cells stay visible (nearest-neighbour upsampling)."""
+    maps = pca_rgb(list(features.features))
+    width, height = features.mapping.image_size
+    rgb = F.interpolate(torch.stack(maps), size=(height, width), mode="nearest")
+    return rgb.permute(0, 2, 3, 1).clamp(0.0, 1.0).contiguous()
+
+
+@dataclass(frozen=True)
+class DiffusersHost:
+    """A ``ditf_core.DiTFPipeline`` (transformer, VAE, prompt encoder) from a diffusers folder."""
+
+    pipeline: DiTFPipeline
+    kind: str = "diffusers"
+
+    @property
+    def family(self):
+        return self.pipeline.family
+
+    @property
+    def structure(self):
+        return self.pipeline.transformer
+
+    @property
+    def defaults(self):
+        return self.pipeline.defaults
+
+    @property
+    def hidden_size(self) -> int:
+        return self.family.hidden_size(self.pipeline.transformer)
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.pipeline.transformer.config.joint_attention_dim)
+
+    @property
+    def pooled_dim(self) -> int:
+        return int(self.pipeline.transformer.config.pooled_projection_dim)
+
+    @property
+    def can_encode_prompts(self) -> bool:
+        return not isinstance(self.pipeline.prompt_encoder, ZeroPromptEncoder)
+
+    def describe(self) -> dict:
+        return self.pipeline.describe()
+
+    def check_grid(self, grid: tuple[int, int]) -> None:
+        patch = self.family.patch
+        self.family.check_latent_size(self.structure, grid[1] * patch, grid[0] * patch)
+
+    def encode(self, pixels, mapping, ensemble, generator) -> torch.Tensor:
+        return self.pipeline.encode(pixels, mapping, ensemble, generator)
+
+    def encode_prompt(self, prompt: str) -> TextConditioning:
+        context, pooled = self.pipeline.prompt_encoder(prompt)
+        return TextConditioning(context, pooled, DEFAULT_GUIDANCE, "prompt")
+
+    def zero_conditioning(self) -> TextConditioning:
+        context, pooled = self.pipeline.prompt_encoder("")
+        return TextConditioning(context, pooled, DEFAULT_GUIDANCE, "zero")
+
+    def capture(self, latents, noise, *, t, layers, conditioning, progress=None) -> dict[int, EnsembleCapture]:
+        # One pass per ensemble draw (all images together), so the progress bar counts draws.
+        return capture_ensemble(
+            self.pipeline.transformer,
+            latents,
+            t=t,
+            layers=layers,
+            text_embeds=conditioning.context,
+            pooled=conditioning.pooled,
+            noise=noise,
+            guidance=conditioning.guidance,
+            micro_batch=latents.shape[1],
+            progress=progress,
+            family=self.family,
+        )
