@@ -4,13 +4,18 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test test-comfyui clean
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m ditf_core demo --out ditf_demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
+
+# The ComfyUI integration tier (skipped by `make test`), with ComfyUI's own Python, where this package is installed:
+#   make test-comfyui COMFYUI_PATH=/path/to/ComfyUI COMFY_PYTHON=/path/to/comfy-venv/bin/python
+test-comfyui:
+	COMFYUI_PATH=$(COMFYUI_PATH) $(COMFY_PYTHON) -m pytest tests/integration -rs
 
 # torch goes in first so that nothing pulls a different build in as a dependency.
 $(VENV)/.installed: pyproject.toml

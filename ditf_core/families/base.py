@@ -55,7 +55,10 @@ class DiTFamily:
 
     # --- structure ------------------------------------------------------------------------------------
     def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        """All transformer blocks in execution order; the global layer index indexes this list."""
+        """All transformer blocks in execution order; the global layer index indexes this list.
+
+        ``blocks``, ``split`` and ``defaults`` read only the block lists (``transformer_blocks``,
+        ``single_transformer_blocks``): other hosts pass a structural view holding just those."""
         raise NotImplementedError
 
     def split(self, transformer: nn.Module) -> int:
