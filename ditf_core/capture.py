@@ -9,7 +9,6 @@ KeyboardInterrupt alike.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,12 +20,9 @@ class StopForward(Exception):
     """Raised inside the model to end the forward pass early; never escapes :func:`capture_blocks`."""
 
 
-@dataclass(frozen=True)
-class BlockInput:
-    """What entered one block: image hidden states [B, N, C] and the conditioning vector [B, D]."""
-
-    hidden: torch.Tensor
-    temb: torch.Tensor
+# consume(layer, hidden [m, N, C], vector [m, D]): called by a host the moment a block input is captured, while
+# the tensors are still valid (hosts may modify block inputs in place afterwards, so nothing is kept).
+Consumer = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 def check_layers(transformer: nn.Module, family: DiTFamily, layers: Iterable[int]) -> list[int]:
@@ -51,21 +47,23 @@ def capture_blocks(
     family: DiTFamily,
     layers: Iterable[int],
     run: Callable[[], object],
-) -> dict[int, BlockInput]:
-    """Call ``run()`` (which runs ``transformer``) and return the inputs of blocks ``layers``.
+    consume: Consumer,
+) -> None:
+    """Call ``run()`` (which runs ``transformer``) and hand the inputs of blocks ``layers`` to ``consume``.
 
-    The forward pass stops when the deepest requested block is reached. Captured tensors are detached copies:
-    hosts may modify block inputs in place.
+    ``consume(layer, hidden [m, N, C], temb [m, D])`` is called inside the forward pass, as each block is reached;
+    the forward pass stops when the deepest requested block is reached.
     """
     layers = check_layers(transformer, family, layers)
     blocks = family.blocks(transformer)
     last = layers[-1]
-    captured: dict[int, BlockInput] = {}
+    reached: set[int] = set()
 
     def hook_for(index: int):
         def hook(module, args, kwargs):
             hidden, temb = family.block_inputs(args, kwargs)
-            captured[index] = BlockInput(hidden.detach().clone(), temb.detach().clone())
+            consume(index, hidden.detach(), temb.detach())
+            reached.add(index)
             if index == last:
                 raise StopForward
             return None
@@ -83,7 +81,10 @@ def capture_blocks(
     finally:
         for handle in handles:
             handle.remove()
-    missing = [i for i in layers if i not in captured]
+    check_reached(layers, reached)
+
+
+def check_reached(layers: Iterable[int], reached: set[int]) -> None:
+    missing = [layer for layer in layers if layer not in reached]
     if missing:
-        raise RuntimeError(f"the forward pass never reached block(s) {missing}; is the model's forward patched?")
-    return captured
+        raise RuntimeError(f"the forward pass never reached block(s) {missing}; does another patch replace them?")

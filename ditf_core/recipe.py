@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .capture import BlockInput, capture_blocks, check_layers
+from .capture import Consumer, capture_blocks, check_layers
 from .families import DiTFamily, Modulation, family_for
 
 LAYER_NORM_EPS = 1e-6
@@ -127,11 +127,12 @@ def capture_ensemble(
     text_embeds, pooled = _broadcast_conditioning(family, transformer, text_embeds, pooled, clean.shape[1])
     device, dtype = _device_dtype(transformer)
 
-    def run(x_t: torch.Tensor, images: torch.Tensor) -> dict[int, BlockInput]:
+    def run(x_t: torch.Tensor, images: torch.Tensor, consume: Consumer) -> None:
         x_t = x_t.to(device=device, dtype=dtype)
         cond = text_embeds[images].to(device=device, dtype=dtype)
         vec = pooled[images].to(device=device, dtype=dtype)
-        return capture_blocks(transformer, family, layers, lambda: family.forward(transformer, x_t, t, cond, vec, guidance))
+        capture_blocks(transformer, family, layers, lambda: family.forward(transformer, x_t, t, cond, vec, guidance),
+                       consume)
 
     averaged = average_over_ensemble(clean, noise, t=t, run=run, micro_batch=micro_batch, progress=progress)
     blocks = family.blocks(transformer)
@@ -148,22 +149,25 @@ def average_over_ensemble(
     noise: torch.Tensor | None,
     *,
     t: float,
-    run: Callable[[torch.Tensor, torch.Tensor], dict[int, BlockInput]],
+    run: Callable[[torch.Tensor, torch.Tensor, Consumer], None],
     micro_batch: int | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """The host-agnostic ensemble loop: noise, run in micro-batches, average the captured block inputs.
 
     clean: [E or 1, B, C, H, W] clean latents; noise: [E, B, C, H, W] or None (``clean`` is x_t as given).
-    run(x_t [m, C, H, W], images [m]) runs the host model on m (draw, image) rows and returns, per layer, the
-    captured :class:`BlockInput` of those rows. Returns per layer (mean hidden [B, N, C] float32, temb [B, D]).
+    run(x_t [m, C, H, W], images [m], consume) runs the host model on m (draw, image) rows and calls
+    ``consume(layer, hidden [m, N, C], vector [m, D])`` as each requested block input appears. Inputs are summed
+    on arrival, so memory holds one running sum per layer, never a copy per row. ``vector`` is kept per image as
+    given (the diffusers host passes the block's conditioning vector; the ComfyUI host its computed modulation).
+    Returns per layer (mean hidden [B, N, C] float32, vector [B, D]).
     """
     ensemble, batch = (noise.shape[0] if noise is not None else clean.shape[0]), clean.shape[1]
     rows = [(e, b) for e in range(ensemble) for b in range(batch)]
     step = _check_micro_batch(micro_batch, len(rows))
     passes = math.ceil(len(rows) / step)
     sums: dict[int, torch.Tensor] = {}
-    tembs: dict[int, torch.Tensor] = {}
+    vectors: dict[int, torch.Tensor] = {}
     for done, start in enumerate(range(0, len(rows), step), start=1):
         chunk = rows[start : start + step]
         members = torch.tensor([e for e, _ in chunk])
@@ -171,16 +175,19 @@ def average_over_ensemble(
         x_t = clean[members if clean.shape[0] > 1 else torch.zeros_like(members), images]
         if noise is not None:
             x_t = t * noise[members, images] + (1.0 - t) * x_t
-        for layer, block_input in run(x_t, images).items():
-            hidden = block_input.hidden.to(torch.float32)
+
+        def consume(layer: int, hidden: torch.Tensor, vector: torch.Tensor) -> None:
             if layer not in sums:
-                sums[layer] = hidden.new_zeros((batch, *hidden.shape[1:]))
-                tembs[layer] = block_input.temb.new_zeros((batch, *block_input.temb.shape[1:]))
-            sums[layer].index_add_(0, images.to(hidden.device), hidden)
-            tembs[layer][images.to(hidden.device)] = block_input.temb
+                sums[layer] = torch.zeros((batch, *hidden.shape[1:]), device=hidden.device, dtype=torch.float32)
+                vectors[layer] = vector.new_zeros((batch, *vector.shape[1:]))
+            index = images.to(hidden.device)
+            sums[layer].index_add_(0, index, hidden.to(torch.float32))
+            vectors[layer][index] = vector
+
+        run(x_t, images, consume)
         if progress is not None:
             progress(done, passes)
-    return {layer: (total / ensemble, tembs[layer]) for layer, total in sums.items()}
+    return {layer: (total / ensemble, vectors[layer]) for layer, total in sums.items()}
 
 
 def check_timestep(t: object) -> float:

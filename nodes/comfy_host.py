@@ -31,7 +31,7 @@ import torch
 from comfy.ldm.flux.model import Flux as ComfyFlux
 from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 
-from ..ditf_core.capture import BlockInput
+from ..ditf_core.capture import Consumer, check_reached
 from ..ditf_core.errors import UnsupportedModelError
 from ..ditf_core.families import DiTFamily, FamilyDefaults, Modulation
 from ..ditf_core.families.flux import FluxFamily
@@ -195,10 +195,11 @@ class ComfyHost:
         grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
         context = conditioning.context.expand(batch, *conditioning.context.shape[1:])
         pooled = conditioning.pooled.expand(batch, *conditioning.pooled.shape[1:])
-        store: dict[int, BlockInput] = {}
+        reached: set[int] = set()
+        consumer: list[Consumer] = []  # the running pass's consumer, read by the patches
         clone = self.model.clone()
         for layer in layers:
-            patch_fn = _capture_patch(store, layer, self._block(layer), self._modulation_fn(layer),
+            patch_fn = _capture_patch(consumer, reached, layer, self._block(layer), self._modulation_fn(layer),
                                       start=context.shape[1] if self._is_single(layer) else 0,
                                       tokens=grid[0] * grid[1], stop=layer == layers[-1])
             clone.set_model_patch_replace(patch_fn, "dit", *self._patch_key(layer))
@@ -210,9 +211,10 @@ class ComfyHost:
         device = clone.load_device  # where load_models_gpu put the weights (as samplers do)
         options = clone.model_options["transformer_options"]
 
-        def run(x_t: torch.Tensor, images: torch.Tensor) -> dict[int, BlockInput]:
+        def run(x_t: torch.Tensor, images: torch.Tensor, consume: Consumer) -> None:
             check_interrupted()
-            store.clear()
+            reached.clear()
+            consumer[:] = [consume]
             x_t = x_t.to(device)
             sigma = torch.full((x_t.shape[0],), t, device=device)
             conds = base.extra_conds(noise=x_t, device=device, cross_attn=context[images].to(device),
@@ -222,15 +224,12 @@ class ComfyHost:
                 base.apply_model(x_t, sigma, transformer_options={**options, "sigmas": sigma}, **kwargs)
             except StopForward:
                 pass
-            missing = [layer for layer in layers if layer not in store]
-            if missing:
-                raise RuntimeError(f"the forward pass never reached block(s) {missing}; another node may replace them")
-            return dict(store)
+            check_reached(layers, reached)
 
         try:
             averaged = average_over_ensemble(latents, noise, t=t, run=run, micro_batch=batch, progress=progress)
         finally:
-            store.clear()  # the clone (and its patches) is dropped with this frame
+            consumer.clear()  # the clone (and its patches) is dropped with this frame
         size = self.hidden_size
         return {
             layer: EnsembleCapture(hidden.cpu(), _modulation(mod.cpu(), size), (grid[0], grid[1]))
@@ -255,15 +254,17 @@ class ComfyHost:
         return _flux_single_modulation if self._is_single(layer) else _flux_double_modulation
 
 
-def _capture_patch(store: dict, layer: int, block, modulation, *, start: int, tokens: int, stop: bool):
-    """The replace patch for one block. It holds the block module and the store, never the clone (a reference
-    cycle would keep the clone alive in ComfyUI's loaded-model list)."""
+def _capture_patch(consumer: list, reached: set, layer: int, block, modulation, *, start: int, tokens: int,
+                   stop: bool):
+    """The replace patch for one block. It holds the block module and the consumer list, never the clone (a
+    reference cycle would keep the clone alive in ComfyUI's loaded-model list)."""
 
     def patch(args: dict, extra: dict) -> dict:
-        image = args["img"][:, start : start + tokens].clone()
-        # BlockInput's second slot carries the block's (shift | scale | gate) [m, 3C] instead of the raw
-        # conditioning vector: ComfyUI's blocks compute modulation with their own modules (fp8, LoRA, offload).
-        store[layer] = BlockInput(image, modulation(block, args["vec"]))
+        # Consumed at once (Flux blocks add into their inputs in place later). The vector handed over is the
+        # block's (shift | scale | gate) [m, 3C]: ComfyUI blocks compute modulation with their own modules
+        # (fp8, LoRA, offload), so it is taken from them rather than recomputed.
+        consumer[0](layer, args["img"][:, start : start + tokens], modulation(block, args["vec"]))
+        reached.add(layer)
         if stop:
             raise StopForward
         return extra["original_block"](args)
