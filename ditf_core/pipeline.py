@@ -8,6 +8,7 @@ all random numbers come from one CPU generator, whatever the device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from .conditioning import ZeroPromptEncoder
 from .features import DiTFeatures
-from .families import family_for
+from .families import DiTFamily, FamilyDefaults, family_for
 from .images import as_image_batch, resize_for_model
 from .mapping import PixelMapping
 from .massive import find_massive_channels
@@ -118,35 +119,9 @@ class DiTFPipeline:
         return {"name": self.name, **self.family.fingerprint(self.transformer), "text": self.prompt_encoder.description}
 
     # --- extraction -------------------------------------------------------------------------------------
-    def settings(
-        self,
-        *,
-        layer: int | None = None,
-        t: float | None = None,
-        ensemble: int | None = None,
-        resolution: int | None = None,
-        seed: int = 0,
-        mode: str = "ditf",
-        prompt: str = "",
-        guidance: float = 3.5,
-        ratio: float = 100.0,
-    ) -> ExtractSettings:
-        """Validate the settings and fill in the family defaults."""
-        d = self.defaults
-        settings = ExtractSettings(
-            layer=d.layer if layer is None else layer,
-            t=check_timestep(d.t if t is None else t),
-            ensemble=_positive_int("ensemble", d.ensemble if ensemble is None else ensemble),
-            resolution=_positive_int("resolution", d.resolution if resolution is None else resolution),
-            seed=_seed(seed),
-            mode=_mode(mode),
-            prompt=prompt,
-            guidance=float(guidance),
-            ratio=float(ratio),
-        )
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        return settings
+    def settings(self, **settings) -> ExtractSettings:
+        """Validate the settings and fill in the family defaults (see :func:`resolve_settings`)."""
+        return resolve_settings(self.defaults, **settings)
 
     @torch.no_grad()
     def extract(
@@ -183,22 +158,8 @@ class DiTFPipeline:
                     mode=run.settings.mode if mode is None else _mode(mode))
         if s.layer not in run.layers:
             raise ValueError(f"layer {s.layer} was not captured (captured: {sorted(run.layers)})")
-        captured = run.layers[s.layer]
-        massive = find_massive_channels(captured.hidden, s.ratio)
-        channels = resolve_discard(discard, massive, captured.hidden.shape[-1]) if s.mode == "ditf" else []
-        tokens = apply_recipe(captured.hidden, captured.modulation, discard=channels, modulate=s.mode != "original")
-        return DiTFeatures(
-            features=self.family.tokens_to_map(tokens, captured.grid),
-            mapping=run.mapping,
-            settings={
-                "family": self.family.name,
-                **s.__dict__,
-                "discard": discard if isinstance(discard, str) or discard is None else list(discard),
-                "massive_channels": massive,
-                "model": self.describe(),
-            },
-            discarded=tuple(channels),
-        )
+        return features_from_capture(self.family, run.layers[s.layer], run.mapping, s, discard=discard,
+                                     model=self.describe())
 
     @torch.no_grad()
     def capture(
@@ -262,6 +223,62 @@ def draw_noise(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor
     return torch.randn((ensemble, 1, *rest), generator=generator).expand(ensemble, batch, *rest)
 
 
+def resolve_settings(
+    defaults: FamilyDefaults,
+    *,
+    layer: int | None = None,
+    t: float | None = None,
+    ensemble: int | None = None,
+    resolution: int | None = None,
+    seed: int = 0,
+    mode: str = "ditf",
+    prompt: str = "",
+    guidance: float = 3.5,
+    ratio: float = 100.0,
+) -> ExtractSettings:
+    """Checked settings with the family ``defaults`` filled in (the layer's range is checked at capture)."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    return ExtractSettings(
+        layer=defaults.layer if layer is None else layer,
+        t=check_timestep(defaults.t if t is None else t),
+        ensemble=_positive_int("ensemble", defaults.ensemble if ensemble is None else ensemble),
+        resolution=_positive_int("resolution", defaults.resolution if resolution is None else resolution),
+        seed=_seed(seed),
+        mode=_mode(mode),
+        prompt=prompt,
+        guidance=_finite("guidance", guidance),
+        ratio=_finite("ratio", ratio),
+    )
+
+
+def features_from_capture(
+    family: DiTFamily,
+    capture: EnsembleCapture,
+    mapping: PixelMapping,
+    settings: ExtractSettings,
+    *,
+    discard: str | Sequence[int] | None = "auto",
+    model: dict,
+    extra: dict | None = None,
+) -> DiTFeatures:
+    """Recipe steps 6-8 on one captured block: massive channels, discard (mode "ditf"), LayerNorm + modulation
+    (not in mode "original"), tokens -> [B, C, h, w]; with the settings record every host writes alike."""
+    massive = find_massive_channels(capture.hidden, settings.ratio)
+    mode = settings.mode
+    channels = resolve_discard(discard, massive, capture.hidden.shape[-1]) if mode == "ditf" else []
+    tokens = apply_recipe(capture.hidden, capture.modulation, discard=channels, modulate=mode != "original")
+    record = {
+        "family": family.name,
+        **settings.__dict__,
+        "discard": discard if isinstance(discard, str) or discard is None else list(discard),
+        "massive_channels": massive,
+        "model": model,
+        **(extra or {}),
+    }
+    return DiTFeatures(family.tokens_to_map(tokens, capture.grid).contiguous(), mapping, record, tuple(channels))
+
+
 def resolve_discard(discard, massive: Sequence[int], width: int) -> list[int]:
     """The channels to discard: "auto" -> ``massive``; "none"/None/() -> none; a list -> checked as given."""
     if discard is None or (isinstance(discard, str) and discard.strip().lower() in ("none", "")):
@@ -319,6 +336,12 @@ def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def _finite(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _seed(value) -> int:

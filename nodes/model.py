@@ -26,11 +26,17 @@ from ..ditf_core.capture import check_layers
 from ..ditf_core.conditioning import ZeroPromptEncoder
 from ..ditf_core.features import DiTFeatures
 from ..ditf_core.mapping import PixelMapping
-from ..ditf_core.massive import find_massive_channels
-from ..ditf_core.pipeline import MODES, DiTFPipeline, ExtractSettings, draw_noise, resolve_discard
-from ..ditf_core.recipe import EnsembleCapture, ProgressFn, apply_recipe, capture_ensemble, check_timestep
+from ..ditf_core.pipeline import (
+    DiTFPipeline,
+    ExtractSettings,
+    draw_noise,
+    features_from_capture,
+    resolve_discard,
+    resolve_settings,
+)
+from ..ditf_core.recipe import EnsembleCapture, ProgressFn, capture_ensemble
 from ..ditf_core.visualize import pca_rgb
-from .checks import MAX_SEED, check_choice, check_float, check_int
+from .checks import check_float
 
 DEFAULT_GUIDANCE = 3.5  # Flux-dev's distilled guidance when the conditioning carries none (ComfyUI's default too)
 
@@ -110,24 +116,12 @@ class DiTFModel:
         if settings.get("mode", "ditf") == "ditf":
             resolve_discard(discard, [], self.host.hidden_size)  # a bad channel list fails now, not after the passes
         run = self.capture(pixels, **settings)
-        s, model = run.settings, self.host.describe()
-        features = {}
-        for layer, capture in run.layers.items():
-            massive = find_massive_channels(capture.hidden, s.ratio)
-            channels = resolve_discard(discard, massive, capture.hidden.shape[-1]) if s.mode == "ditf" else []
-            tokens = apply_recipe(capture.hidden, capture.modulation, discard=channels, modulate=s.mode != "original")
-            record = {
-                "family": self.family.name,
-                **replace(s, layer=layer).__dict__,
-                "discard": discard if isinstance(discard, str) or discard is None else list(discard),
-                "massive_channels": massive,
-                "model": model,
-                "host": self.host.kind,
-                "conditioning": run.conditioning,
-            }
-            maps = self.family.tokens_to_map(tokens, capture.grid).contiguous()
-            features[layer] = DiTFeatures(maps, run.mapping, record, tuple(channels))
-        return features
+        model, extra = self.host.describe(), {"host": self.host.kind, "conditioning": run.conditioning}
+        return {
+            layer: features_from_capture(self.family, capture, run.mapping, replace(run.settings, layer=layer),
+                                         discard=discard, model=model, extra=extra)
+            for layer, capture in run.layers.items()
+        }
 
     def capture(
         self,
@@ -155,17 +149,8 @@ class DiTFModel:
         layers = check_layers(host.structure, self.family, chosen)
         if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError("pixels must be a float tensor [B, 3, H, W] in [0, 1]")
-        s = ExtractSettings(
-            layer=layers[-1],
-            t=check_timestep(d.t if t is None else t),
-            ensemble=check_int("ensemble", d.ensemble if ensemble is None else ensemble, 1, 1024),
-            resolution=check_int("resolution", d.resolution if resolution is None else resolution, 16, 16384),
-            seed=check_int("seed", seed, 0, MAX_SEED),
-            mode=check_choice("mode", mode, MODES),
-            prompt=prompt,
-            guidance=DEFAULT_GUIDANCE,
-            ratio=check_float("ratio", ratio, 1e-6, 1e12),
-        )
+        s = resolve_settings(d, layer=layers[-1], t=t, ensemble=ensemble, resolution=resolution, seed=seed, mode=mode,
+                             prompt=prompt, guidance=DEFAULT_GUIDANCE, ratio=ratio)
         batch, _, height, width = pixels.shape
         mapping = PixelMapping.for_image(width, height, s.resolution, self.family.patch * self.family.vae_factor)
         host.check_grid(mapping.grid_size)
