@@ -11,6 +11,7 @@ Accepted:
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -60,14 +61,12 @@ def load_transformer(path, *, config=None, dtype=torch.float32):
     path = _existing(path, "transformer")
     if path.is_dir():
         class_name = _class_name(path)
-        return _transformer_class(class_name, path).from_pretrained(
-            str(path), local_files_only=True, use_safetensors=True, torch_dtype=dtype
-        )
+        return _transformer_class(class_name, path).from_pretrained(str(path), **_local(dtype))
     _check_safetensors(path)
     config_dir = _existing(config, "config") if config is not None else CONFIGS / transformer_preset(path)
     class_name = _class_name(config_dir)
     return _transformer_class(class_name, config_dir).from_single_file(
-        str(path), config=str(config_dir), local_files_only=True, torch_dtype=dtype
+        str(path), config=str(config_dir), **_local(dtype, safetensors=False)
     )
 
 
@@ -81,11 +80,11 @@ def load_vae(path, *, transformer=None):
             path = path / "vae"
         if not (path / "config.json").is_file():
             raise DiTFInputError(f"{path} is not a diffusers VAE folder (no config.json)")
-        return AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+        return AutoencoderKL.from_pretrained(str(path), **_local())
     _check_safetensors(path)
     # Single-file VAEs carry no config: Flux and SD3 VAEs differ only in their latent normalisation.
     preset = "sd3-vae" if type(transformer).__name__.startswith("SD3") else "flux-vae"
-    return AutoencoderKL.from_single_file(str(path), config=str(CONFIGS / preset), local_files_only=True)
+    return AutoencoderKL.from_single_file(str(path), config=str(CONFIGS / preset), **_local(safetensors=False))
 
 
 def load_prompt_encoder(folder: Path, transformer, *, dtype, device):
@@ -98,9 +97,10 @@ def load_prompt_encoder(folder: Path, transformer, *, dtype, device):
     family = family_for(transformer)
     index = json.loads((folder / "model_index.json").read_text())
     pipeline_class = _pipeline_class(index.get("_class_name", ""), family.name)
-    pipeline = pipeline_class.from_pretrained(
-        str(folder), transformer=None, vae=None, local_files_only=True, use_safetensors=True, torch_dtype=dtype
-    ).to(device)
+    with warnings.catch_warnings():
+        # diffusers 0.42 renames torch_dtype to dtype; older releases (>= 0.32, which we support) know only torch_dtype
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+        pipeline = pipeline_class.from_pretrained(str(folder), transformer=None, vae=None, **_local(dtype)).to(device)
     return DiffusersPromptEncoder(pipeline, family.name)
 
 
@@ -127,6 +127,19 @@ def transformer_preset(path: Path) -> str:
     raise UnsupportedModelError(
         f"{path} does not look like a Flux or SD3/SD3.5 transformer; supported: {supported_families()}"
     )
+
+
+def _local(dtype=None, *, safetensors: bool = True) -> dict:
+    """from_pretrained / from_single_file options: local files only, safetensors only, the dtype, and the
+    memory-saving loader exactly when accelerate (which it needs) is installed."""
+    from diffusers.utils import is_accelerate_available
+
+    options = {"local_files_only": True, "low_cpu_mem_usage": is_accelerate_available()}
+    if safetensors:
+        options["use_safetensors"] = True
+    if dtype is not None:
+        options["torch_dtype"] = dtype
+    return options
 
 
 def _existing(path, what: str) -> Path:
