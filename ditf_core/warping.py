@@ -5,16 +5,18 @@ ORIGINAL image pixels (x, y) with pixel centres at integers, which is kornia's `
 
 * :func:`warp_to_target` / :func:`warp_image` - the source image laid out like the target, from dense matches
   (``kornia.geometry.transform.remap``).
-* :func:`warp_tps` - thin-plate-spline warp from sparse matches (``get_tps_transform`` + ``warp_points_tps``;
-  kornia's ``warp_image_tps`` only renders at the input's own size, so the sampling grid is built here at the
-  target size and sampled with ``grid_sample``).
+* :func:`warp_tps` - thin-plate-spline warp from sparse matches (the standard spline system solved here, evaluated
+  with kornia's ``warp_points_tps``; kornia's ``get_tps_transform`` puts the kernels at the other point set and is
+  ill-conditioned for many points, and ``warp_image_tps`` only renders at the input's own size, so the sampling
+  grid is built here at the target size and sampled with ``grid_sample``).
 * :func:`fit_homography` / :func:`warp_homography` - RANSAC homography for near-planar scenes
   (``kornia.geometry.ransac.RANSAC`` + ``warp_perspective``).
 * :func:`transfer_mask`, :func:`transfer_appearance` - a mask or the colours of the source carried onto the
   target's layout, weighted by match confidence.
 
 Hand-written because kornia has no equivalent: :func:`confident_matches` (picking confident, de-duplicated
-control points from a dense field) and the confidence-weighted blend in :func:`transfer_appearance`.
+control points from a dense field), the confidence-weighted blend in :func:`transfer_appearance`, and the spline
+system of :func:`warp_tps` (see ``_tps_weights``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from kornia.geometry.conversions import normalize_pixel_coordinates
 from kornia.geometry.grid import create_meshgrid
 from kornia.geometry.ransac import RANSAC
-from kornia.geometry.transform import get_tps_transform, remap, warp_perspective, warp_points_tps
+from kornia.geometry.transform import remap, warp_perspective, warp_points_tps
 
 from .errors import DiTFInputError
 from .matching import DenseMatches
@@ -92,10 +94,9 @@ def warp_tps(
     # Normalised coordinates keep the spline system well conditioned; solve in float64.
     src = normalize_pixel_coordinates(source.double(), image.shape[-2], image.shape[-1])[None]
     trg = normalize_pixel_coordinates(target.double(), height, width)[None]
-    # kornia's convention for image warps: weights from (output, input) points, kernel centres = input points
-    kernel_weights, affine_weights = get_tps_transform(trg, src)
+    kernel_weights, affine_weights = _tps_weights(trg, src)
     grid = create_meshgrid(height, width, normalized_coordinates=True, dtype=torch.float64, align_corners=True)
-    sample_at = warp_points_tps(grid.reshape(1, -1, 2), src, kernel_weights, affine_weights)
+    sample_at = warp_points_tps(grid.reshape(1, -1, 2), trg, kernel_weights, affine_weights)
     sample_at = sample_at.reshape(1, height, width, 2).to(image.dtype).expand(image.shape[0], -1, -1, -1)
     return F.grid_sample(image, sample_at, mode="bilinear", padding_mode="zeros", align_corners=True)
 
@@ -166,6 +167,27 @@ def transfer_appearance(
     _, confidence = matches.target_to_source_pixels()
     weight = strength * confidence.unsqueeze(1).to(warped.dtype)
     return (target_image + weight * (warped - target_image)).clamp(0.0, 1.0)
+
+
+def _tps_weights(centres: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The standard thin-plate spline f with f(centres[k]) = values[k] and its kernels AT the centres:
+    (kernel weights [1, K, 2], affine weights [1, 3, 2]) in the layout kornia's ``warp_points_tps(points, centres,
+    ...)`` evaluates.
+
+    Not kornia's ``get_tps_transform(centres, values)``: that places the kernels at ``values`` while interpolating at
+    ``centres``, a non-symmetric system that is ill-conditioned for many points (a plain translation through 100
+    random control points came out visibly bent).
+    """
+    count = centres.shape[1]
+    squared = torch.cdist(centres, centres).square()
+    kernel = torch.where(squared > 0, 0.5 * squared * squared.clamp_min(1e-300).log(), torch.zeros_like(squared))
+    affine = torch.cat([torch.ones_like(centres[..., :1]), centres], dim=-1)  # [1, K, 3]: 1, x, y
+    system = torch.cat([
+        torch.cat([kernel, affine], dim=-1),
+        torch.cat([affine.transpose(1, 2), centres.new_zeros(1, 3, 3)], dim=-1),
+    ], dim=1)
+    solution = torch.linalg.solve(system, torch.cat([values, values.new_zeros(1, 3, 2)], dim=1))
+    return solution[:, :count], solution[:, count:]
 
 
 def _check_image(image, size: tuple[int, int] | None, name: str) -> None:
