@@ -159,6 +159,18 @@ class ComfyHost:
             "text": "the CLIP wired into Load DiT" if self.clip is not None else "zero conditioning (no CLIP wired)",
         }
 
+    def model_key(self) -> str:
+        """The inspector's sweep-cache key: ``family:config_sha256:weights digest``, plus ``:patches-<id>`` while
+        weight patches (LoRA) are applied. The digest samples every block's parameters (a strided ~4k values each),
+        so two models of one architecture differ; patched models get ModelPatcher's per-session patch id."""
+        digest = hashlib.sha256()
+        for block in self.family.blocks(self.structure):
+            for name, parameter in sorted(block.named_parameters()):
+                digest.update(name.encode())
+                digest.update(_sampled_bytes(parameter))
+        key = f"{self.family.name}:{self.describe()['config_sha256']}:{digest.hexdigest()[:16]}"
+        return key + (f":patches-{self.model.patches_uuid}" if self.model.patches else "")
+
     def check_grid(self, grid: tuple[int, int]) -> None:
         """grid: (width, height) feature cells; SD3's position embeddings cap the token grid."""
         if self.max_tokens is not None and max(grid) > self.max_tokens:
@@ -290,6 +302,18 @@ def _mmdit_modulation(block, vec: torch.Tensor) -> torch.Tensor:
 
 def _flat(vec: torch.Tensor, *parts: torch.Tensor) -> torch.Tensor:
     return torch.cat([part.reshape(vec.shape[0], -1) for part in parts], dim=1).float()
+
+
+def _sampled_bytes(parameter: torch.Tensor) -> bytes:
+    """A strided sample of ~4k values of a weight as bytes; shape and dtype only for tensors that cannot be read
+    that way (quantised formats of other packs)."""
+    try:
+        flat = parameter.detach().reshape(-1)
+        if flat.numel() > 65536:
+            flat = flat[:: flat.numel() // 4096]
+        return flat.to("cpu", torch.float32).numpy().tobytes()
+    except (RuntimeError, TypeError, NotImplementedError, ValueError):
+        return f"{tuple(parameter.shape)}:{parameter.dtype}".encode()
 
 
 def _modulation(flat: torch.Tensor, size: int) -> Modulation:

@@ -6,9 +6,14 @@ from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
 from .nodes_extract import ExtractFeatures
+from .nodes_inspect import MassiveActivationInspector
 from .nodes_load import LoadDiffusersDiT, LoadDiT
+from .nodes_match import CorrespondenceMatch
+from .nodes_warp import WarpAppearanceTransfer
 
-NODES: list[type[io.ComfyNode]] = [LoadDiT, LoadDiffusersDiT, ExtractFeatures]
+NODES: list[type[io.ComfyNode]] = [
+    LoadDiT, LoadDiffusersDiT, ExtractFeatures, CorrespondenceMatch, WarpAppearanceTransfer, MassiveActivationInspector,
+]
 
 
 class DiTFExtension(ComfyExtension):

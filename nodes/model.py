@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ..ditf_core.capture import check_layers
 from ..ditf_core.conditioning import ZeroPromptEncoder
 from ..ditf_core.features import DiTFeatures
+from ..ditf_core.inspect.sweep import model_key
 from ..ditf_core.mapping import PixelMapping
 from ..ditf_core.pipeline import (
     DiTFPipeline,
@@ -90,6 +91,10 @@ class DiTFModel:
     @property
     def split(self) -> int:
         return self.family.split(self.host.structure)
+
+    def model_key(self) -> str:
+        """A stable key of the weights the host runs (the inspector's sweep cache is keyed by it)."""
+        return self.host.model_key()
 
     def summary(self) -> str:
         """One paragraph for users: family, blocks, defaults, host and text conditioning."""
@@ -275,6 +280,10 @@ class DiffusersHost:
 
     def describe(self) -> dict:
         return self.pipeline.describe()
+
+    def model_key(self) -> str:
+        """``ditf_core.inspect.model_key`` of the transformer: the key ``inspect_pipeline`` caches sweeps under."""
+        return model_key(self.pipeline.transformer)
 
     def check_grid(self, grid: tuple[int, int]) -> None:
         patch = self.family.patch

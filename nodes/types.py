@@ -1,4 +1,4 @@
-"""The pack's custom socket types, each defined once (later issues add DITF_MATCH here)."""
+"""The pack's custom socket types, each defined once."""
 
 from __future__ import annotations
 
@@ -10,3 +10,7 @@ DiTFModelType = io.Custom("DITF_MODEL")
 
 # A ``ditf_core.DiTFeatures``: feature maps [B, C, h, w] with their settings and pixel <-> feature mapping.
 DiTFeaturesType = io.Custom("DITF_FEATURES")
+
+# A ``nodes.match_value.CorrespondenceMatch``: B matched image pairs (dense both ways with cycle confidence, the
+# sparse point matches, the image sizes), from Correspondence Match for Warp / Appearance Transfer.
+DiTFMatchType = io.Custom("DITF_MATCH")
