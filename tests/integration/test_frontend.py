@@ -64,7 +64,8 @@ def frontend(server):
 
 
 def test_there_are_example_workflows():
-    assert [path.name for path in WORKFLOWS] == ["ditf_flux_features.json", "ditf_sd35_features.json"]
+    assert [path.name for path in WORKFLOWS] == ["ditf_correspondence_warp.json", "ditf_flux_features.json",
+                                                 "ditf_inspector_discard.json", "ditf_sd35_features.json"]
     for path in WORKFLOWS:
         types = {node["type"] for node in json.loads(path.read_text())["nodes"]}
         assert OUR_NODES <= types, path.name
