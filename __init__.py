@@ -8,6 +8,7 @@ WEB_DIRECTORY = "./web"
 
 try:
     from .nodes import comfy_entrypoint  # noqa: F401  (ComfyUI's V3 entry point)
+    from .nodes import routes  # noqa: F401  (registers the live explorer's HTTP route on ComfyUI's server)
 except ImportError as error:  # not running inside ComfyUI
     if getattr(error, "name", None) is None or not error.name.startswith(("comfy", "server", "folder_paths")):
         raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..ditf_core.features import DiTFeatures
 
@@ -32,7 +32,7 @@ _lock = threading.Lock()  # node execution and server routes run on different th
 
 def remember(source: DiTFeatures, target: DiTFeatures) -> str:
     """Keep a pair (image 0 of each) for the explorer; returns its opaque id (hex, unguessable)."""
-    pair = ExplorerPair(source.select(0).to("cpu"), target.select(0).to("cpu"))
+    pair = ExplorerPair(_own_copy(source), _own_copy(target))
     key = secrets.token_hex(16)
     with _lock:
         _pairs[key] = pair
@@ -53,3 +53,9 @@ def lookup(key: str) -> ExplorerPair | None:
 def forget_all() -> None:
     with _lock:
         _pairs.clear()
+
+
+def _own_copy(features: DiTFeatures) -> DiTFeatures:
+    """Image 0 in storage of its own on the CPU: a view (``select``) would keep the whole batch alive."""
+    one = features.select(0)
+    return replace(one, features=one.features.detach().to("cpu", copy=True))

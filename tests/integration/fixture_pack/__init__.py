@@ -4,13 +4,16 @@
   by the test (ComfyUI key layout, unet_config in the file's metadata) are built into a MODEL here;
 * DiTFTestRandomConditioning - real text encoders cannot be made tiny; random CONDITIONING of any width;
 * DiTFTestFaultyModel - a clone of a MODEL whose first block raises: an error in the middle of a forward pass;
-* DiTFTestGate - an output node that holds the queue until the test creates a file (bounded by a timeout).
+* DiTFTestGate - an output node that holds the queue until the test creates a file (bounded by a timeout);
+* DiTFTestExplorerPair - puts a synthetic feature pair with a known answer into the pack's explorer cache (as
+  Correspondence Match does) and shows its id: the explorer route tested on a full-width 40 x 40 x 3072 pair.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import comfy.model_management
@@ -97,9 +100,40 @@ class Gate(io.ComfyNode):
         return io.NodeOutput(ui=ui.PreviewText(f"gate {token} opened: {os.path.exists(flag)}"))
 
 
+class ExplorerPair(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiTFTestExplorerPair", category="DiTF/test", is_output_node=True, not_idempotent=True,
+            description="Test only: a synthetic pair in the explorer cache; target = source shifted by (dx, dy) cells.",
+            inputs=[io.Int.Input("grid", default=40, min=1, max=128), io.Int.Input("channels", default=3072, min=1, max=4096),
+                    io.Int.Input("cell", default=16, min=1, max=64), io.Int.Input("dx", default=5, min=0, max=64),
+                    io.Int.Input("dy", default=3, min=0, max=64), io.Int.Input("seed", default=0, min=0, max=2**31)],
+            outputs=[])
+
+    @classmethod
+    def execute(cls, grid, channels, cell, dx, dy, seed):
+        pack = _pack_prefix()
+        features = sys.modules[f"{pack}.ditf_core.features"]
+        mapping = sys.modules[f"{pack}.ditf_core.mapping"].PixelMapping((grid * cell,) * 2, (grid * 16,) * 2, (grid, grid))
+        source = torch.randn(1, channels, grid, grid, generator=torch.Generator().manual_seed(seed))
+        target = torch.roll(source, shifts=(dy, dx), dims=(2, 3))
+        key = sys.modules[f"{pack}.nodes.explorer_cache"].remember(
+            features.DiTFeatures(source, mapping), features.DiTFeatures(target, mapping))
+        return io.NodeOutput(ui={"ditf_explorer": [key]})
+
+
+def _pack_prefix() -> str:
+    """The module name ComfyUI loaded the DiTF pack under (a path-derived name): its explorer cache is the route's."""
+    names = [n for n in sys.modules if n.endswith(".nodes.explorer_cache") and not n.startswith("ditf_pack_")]
+    if len(names) != 1:
+        raise RuntimeError(f"expected the DiTF pack loaded once, found {names}")
+    return names[0].removesuffix(".nodes.explorer_cache")
+
+
 class TestExtension(ComfyExtension):
     async def get_node_list(self):
-        return [TinyFluxLoader, RandomConditioning, FaultyModel, Gate]
+        return [TinyFluxLoader, RandomConditioning, FaultyModel, Gate, ExplorerPair]
 
 
 async def comfy_entrypoint():
