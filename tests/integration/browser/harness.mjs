@@ -4,8 +4,13 @@
 // job:    {"url": "http://127.0.0.1:8188", "steps": [step, ...], "timeout_ms": 120000, "viewport": [w, h]}
 // steps:  {"eval": "async (arg) => ...", "arg": <json>}   run in the page after the app is ready; result recorded
 //         {"wait": "() => <bool>", "timeout_ms": 30000}    poll a predicate in the page
-//         {"screenshot": "/path/file.png"}                 the whole viewport
-// result: {"results": [...one per step...], "console": [...], "errors": [...page errors...]}
+//         {"screenshot": "/path/file.png", "clip": "() => ({x, y, width, height})"}   the viewport, or the part the
+//                                                  optional page function returns
+//         {"mouse": "(arg) => [action, ...]", "arg": <json>}   real mouse input at positions the page computes;
+//             actions: {"move": [x, y], "steps": n}, {"down": "left"|"right"}, {"up": ...},
+//                      {"click": [x, y], "button": "left"|"right"}, {"pause": ms}
+// result: {"results": [...one per step...], "console": [...], "errors": [...page errors...],
+//          "failed": ["<status> <url>", ...responses >= 400]}
 // playwright-core comes from npm (PLAYWRIGHT_CORE: its path, else resolved from this file's folders upwards);
 // Chromium from CHROMIUM_PATH (default /usr/bin/chromium).
 import { createRequire } from "node:module";
@@ -23,6 +28,7 @@ const timeout = job.timeout_ms ?? 120000;
 const profile = mkdtempSync(join(tmpdir(), "ditf-chromium-"));
 const consoleLines = [];
 const errors = [];
+const failed = [];
 const results = [];
 const [width, height] = job.viewport ?? [1600, 1000];
 // A fresh profile directory per run (playwright's persistent context is how it takes --user-data-dir).
@@ -38,6 +44,7 @@ try {
   page.setDefaultTimeout(timeout);
   page.on("console", (message) => consoleLines.push(`${message.type()}: ${message.text()}`));
   page.on("pageerror", (error) => errors.push(String(error?.stack ?? error)));
+  page.on("response", (response) => response.status() >= 400 && failed.push(`${response.status()} ${response.url()}`));
   await page.goto(job.url, { waitUntil: "load" });
   // The app is ready once its graph exists and the node definitions are registered.
   await page.waitForFunction(() => window.app?.graph && window.LiteGraph && Object.keys(LiteGraph.registered_node_types).length > 50);
@@ -48,8 +55,20 @@ try {
       await page.waitForFunction((source) => (0, eval)(`(${source})`)(), step.wait, { timeout: step.timeout_ms ?? timeout });
       results.push(true);
     } else if (step.screenshot !== undefined) {
-      await page.screenshot({ path: step.screenshot });
+      const clip = step.clip ? await page.evaluate((source) => (0, eval)(`(${source})`)(), step.clip) : undefined;
+      await page.screenshot({ path: step.screenshot, clip });
       results.push(step.screenshot);
+    } else if (step.mouse !== undefined) {
+      const actions = await page.evaluate(async ([source, arg]) => (0, eval)(`(${source})`)(arg), [step.mouse, step.arg ?? null]);
+      for (const action of actions) {
+        if (action.move) await page.mouse.move(...action.move, { steps: action.steps ?? 1 });
+        else if (action.down) await page.mouse.down({ button: action.down });
+        else if (action.up) await page.mouse.up({ button: action.up });
+        else if (action.click) await page.mouse.click(...action.click, { button: action.button ?? "left" });
+        else if (action.pause) await page.waitForTimeout(action.pause);
+        else throw new Error(`unknown mouse action ${JSON.stringify(action)}`);
+      }
+      results.push(actions);
     } else {
       throw new Error(`unknown step ${JSON.stringify(step)}`);
     }
@@ -60,4 +79,4 @@ try {
   await browser.close();
   rmSync(profile, { recursive: true, force: true });
 }
-process.stdout.write(JSON.stringify({ results, console: consoleLines, errors }));
+process.stdout.write(JSON.stringify({ results, console: consoleLines, errors, failed }));
