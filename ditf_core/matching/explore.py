@@ -18,7 +18,7 @@ from ..errors import DiTFInputError
 from ..features import DiTFeatures
 from .checks import check_pair, check_refinement
 from .points import check_points
-from .search import _window_soft_argmax, sample_descriptors  # the refinement match mode "fast" uses
+from .search import window_soft_argmax, sample_descriptors  # the refinement match mode "fast" uses
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class PairExplorer:
         h, w = self.grid
         best = similarity.argmax()
         if self.window > 1 and self.temperature > 0:
-            cell = _window_soft_argmax(similarity[None], best[None], (h, w), self.window, self.temperature)[0]
+            cell = window_soft_argmax(similarity[None], best[None], (h, w), self.window, self.temperature)[0]
         else:
             cell = torch.stack([best % w, best // w]).to(torch.float32)
         pixel = self.target.mapping.to_pixel(cell)

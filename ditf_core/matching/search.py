@@ -53,7 +53,7 @@ def nearest_cells(
         score = similarity.gather(1, index[:, None])[:, 0]
         uv = torch.stack([index % w, index // w], dim=1).to(torch.float32)
         if window > 1 and temperature > 0:
-            uv = _window_soft_argmax(similarity, index, (h, w), window, temperature)
+            uv = window_soft_argmax(similarity, index, (h, w), window, temperature)
         uvs.append(uv)
         scores.append(score)
         indices.append(index)
@@ -156,7 +156,7 @@ def sample_descriptors(features: torch.Tensor, uv: torch.Tensor) -> torch.Tensor
     return sampled[:, :, 0].transpose(1, 2)
 
 
-def _window_soft_argmax(
+def window_soft_argmax(
     similarity: torch.Tensor, index: torch.Tensor, grid: tuple[int, int], window: int, temperature: float
 ) -> torch.Tensor:
     """Softmax-weighted mean cell position in a window x window neighbourhood of each argmax -> uv [q, 2]."""
