@@ -7,14 +7,12 @@ from typing_extensions import override
 
 from ..ditf_core.pipeline import MODE_HELP, MODES
 from . import comfy_host
-from .checks import MAX_SEED, check_choice, check_float, check_int, image_batch, parse_discard
+from .checks import check_choice, check_int, image_batch, parse_discard
 from .model import DiTFModel, preview_image
 from .types import DiTFeaturesType, DiTFModelType
+from .widgets import check_sampling, sampling_inputs, text_inputs
 
-T_RANGE = (0.001, 0.999)
 LAYER_RANGE = (-1, 255)
-ENSEMBLE_RANGE = (1, 64)
-RESOLUTION_RANGE = (16, 4096)
 
 
 class ExtractFeatures(io.ComfyNode):
@@ -35,26 +33,12 @@ class ExtractFeatures(io.ComfyNode):
                 io.Int.Input("layer", default=-1, min=LAYER_RANGE[0], max=LAYER_RANGE[1],
                              tooltip="Global block index k whose input is read (Flux: 0-18 double, 19-56 single "
                              "blocks). -1: the family default (Flux.1: 28; SD3/SD3.5: ~0.49 of the depth)."),
-                io.Float.Input("t", default=0.26, min=T_RANGE[0], max=T_RANGE[1], step=0.01, round=0.001,
-                               tooltip="Flow-matching noise level, x_t = t*noise + (1-t)*latent. Paper: 0.26."),
-                io.Int.Input("ensemble", default=8, min=ENSEMBLE_RANGE[0], max=ENSEMBLE_RANGE[1], tooltip="Noise draws "
-                             "averaged (one transformer pass each, up to block k). Paper: 8."),
-                # control_after_generate=False: the frontend would otherwise add "randomize" to any input named
-                # seed, and features would change (and miss the cache) on every run.
-                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=False,
-                             tooltip="Seed of the noise draws: the same seed gives the same features."),
-                io.Int.Input("resolution", default=640, min=RESOLUTION_RANGE[0], max=RESOLUTION_RANGE[1], step=16,
-                             tooltip="Long side fed to the model, both sides rounded to 16 px (aspect kept). "
-                             "Paper: 640."),
+                *sampling_inputs("features"),
                 io.String.Input("discard", default="auto", tooltip="Channels zeroed before LayerNorm (mode ditf): auto "
                                 "(massive-activation channels found at block k), none, or numbers like 154, 1446."),
                 io.Combo.Input("mode", options=list(MODES), default="ditf", tooltip="; ".join(
                     f"{mode}: {MODE_HELP[mode]}" for mode in MODES)),
-                io.Conditioning.Input("conditioning", optional=True, tooltip="Optional text conditioning from this "
-                                      "model's text encoders (Flux guidance included); instead of the prompt."),
-                io.String.Input("prompt", default="", multiline=True, optional=True, tooltip="Optional prompt, encoded "
-                                "with the CLIP wired into Load DiT. Empty: that CLIP's empty prompt, or zero "
-                                "conditioning without a CLIP."),
+                *text_inputs(),
             ],
             outputs=[
                 DiTFeaturesType.Output(display_name="features", tooltip="DiTF features [B, C, h, w] with their "
@@ -103,14 +87,7 @@ def _check_widgets(layer, t, ensemble, resolution, seed, discard, mode):
     """Raise on a bad widget value (None: not known yet); return the parsed discard spec."""
     if layer is not None:
         check_int("layer", layer, *LAYER_RANGE)
-    if t is not None:
-        check_float("t", t, *T_RANGE)
-    if ensemble is not None:
-        check_int("ensemble", ensemble, *ENSEMBLE_RANGE)
-    if resolution is not None:
-        check_int("resolution", resolution, *RESOLUTION_RANGE)
-    if seed is not None:
-        check_int("seed", seed, 0, MAX_SEED)
+    check_sampling(t=t, ensemble=ensemble, seed=seed, resolution=resolution)
     if mode is not None:
         check_choice("mode", mode, MODES)
     return None if discard is None else parse_discard(discard)

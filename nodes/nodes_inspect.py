@@ -10,12 +10,12 @@ from typing_extensions import override
 
 from ..ditf_core.inspect.analysis import MASSIVE_RATIO
 from . import comfy_host
-from .checks import MAX_SEED, check_float, check_int, image_batch
+from .checks import check_float, image_batch
 from .images_io import pictures_to_image
 from .inspection import inspect_model, parse_layers
 from .model import DiTFModel
-from .nodes_extract import ENSEMBLE_RANGE, RESOLUTION_RANGE, T_RANGE
 from .types import DiTFModelType
+from .widgets import check_sampling, sampling_inputs, text_inputs
 
 RATIO_RANGE = (1.0, 1e6)
 
@@ -40,23 +40,11 @@ class MassiveActivationInspector(io.ComfyNode):
                                 "28). channels reports the first one."),
                 io.Boolean.Input("sweep", default=True, tooltip="Also capture every block in the same pass and sweep "
                                  "them (where massive activations appear, how stable they are); off: only the layers."),
-                io.Float.Input("t", default=0.26, min=T_RANGE[0], max=T_RANGE[1], step=0.01, round=0.001,
-                               tooltip="Flow-matching noise level, x_t = t*noise + (1-t)*latent. Paper: 0.26."),
-                io.Int.Input("ensemble", default=8, min=ENSEMBLE_RANGE[0], max=ENSEMBLE_RANGE[1], tooltip="Noise draws "
-                             "averaged (one transformer pass each). Paper: 8."),
-                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=False,
-                             tooltip="Seed of the noise draws: the same seed gives the same report."),
-                io.Int.Input("resolution", default=640, min=RESOLUTION_RANGE[0], max=RESOLUTION_RANGE[1], step=16,
-                             tooltip="Long side fed to the model, both sides rounded to 16 px (aspect kept). "
-                             "Paper: 640."),
+                *sampling_inputs("report"),
                 io.Float.Input("ratio", default=MASSIVE_RATIO, min=RATIO_RANGE[0], max=RATIO_RANGE[1], step=1.0,
                                tooltip="A channel is massive when its median |activation| is at least ratio x the "
                                "median |activation| of the whole map (the paper's ~100x)."),
-                io.Conditioning.Input("conditioning", optional=True, tooltip="Optional text conditioning from this "
-                                      "model's text encoders; instead of the prompt."),
-                io.String.Input("prompt", default="", multiline=True, optional=True, tooltip="Optional prompt, encoded "
-                                "with the CLIP wired into Load DiT. Empty: that CLIP's empty prompt, or zero "
-                                "conditioning without a CLIP."),
+                *text_inputs(),
             ],
             outputs=[
                 io.Image.Output(display_name="report", tooltip="The report pictures as one batch (channel magnitudes, "
@@ -105,13 +93,6 @@ class MassiveActivationInspector(io.ComfyNode):
 def _check_widgets(layers, t, ensemble, resolution, seed, ratio) -> None:
     if layers is not None:
         parse_layers(layers)  # the syntax; the range needs the model (checked when it runs)
-    if t is not None:
-        check_float("t", t, *T_RANGE)
-    if ensemble is not None:
-        check_int("ensemble", ensemble, *ENSEMBLE_RANGE)
-    if resolution is not None:
-        check_int("resolution", resolution, *RESOLUTION_RANGE)
-    if seed is not None:
-        check_int("seed", seed, 0, MAX_SEED)
+    check_sampling(t=t, ensemble=ensemble, seed=seed, resolution=resolution)
     if ratio is not None:
         check_float("ratio", ratio, *RATIO_RANGE)
