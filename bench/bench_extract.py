@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,19 +22,7 @@ from ditf_core import DiTFPipeline, extract_from_latents  # noqa: E402
 from ditf_core.demo_model import build_tiny_flux, build_tiny_sd3, build_tiny_vae  # noqa: E402
 from ditf_core.families.flux import image_position_ids, pack_latents  # noqa: E402
 from ditf_core.samples import sample_scene  # noqa: E402
-
-REPEATS = 7
-
-
-def median_seconds(fn, repeats: int = REPEATS) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
+from timing import median_seconds  # noqa: E402
 
 def mid_size_flux() -> torch.nn.Module:
     """12 blocks (4 double + 8 single), hidden 256: blocks dominate the cost, as in Flux.1."""
@@ -58,7 +45,7 @@ def bench_early_exit() -> None:
     def early():
         extract_from_latents(model, latents, t=0.26, layer=layer, text_embeds=text[:1], pooled=pooled[:1])
 
-    t_full, t_early = median_seconds(full), median_seconds(early)
+    t_full, t_early = median_seconds(full, 7), median_seconds(early, 7)
     print(f"early exit at block {layer}/12: full forward {t_full * 1e3:.1f} ms, to block k {t_early * 1e3:.1f} ms, "
           f"speed-up {t_full / t_early:.2f}x (target >= 1.8x)")
 

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
@@ -20,31 +19,9 @@ from ditf_core.inspect import channel_stats, inspect_captures, inspect_pipeline,
 from ditf_core.inspect import plots
 from ditf_core.recipe import EnsembleCapture
 from ditf_core.samples import sample_pair
+from timing import best_of_interleaved, median_seconds
 
 REPEATS = 5
-
-
-def median_seconds(fn, repeats: int = REPEATS) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def best_of_interleaved(first, second, repeats: int = REPEATS) -> tuple[float, float]:
-    """Fastest wall time of each of two functions, run alternately (robust to other load on the machine)."""
-    first(), second()  # warm-up
-    a, b = [], []
-    for _ in range(repeats):
-        for fn, times in ((first, a), (second, b)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return min(a), min(b)
-
 
 def bench_sweep(name: str, model: torch.nn.Module, size: int, ensemble: int = 4, batch: int = 2) -> None:
     depth = len(model.transformer_blocks) + len(model.single_transformer_blocks)
@@ -63,7 +40,7 @@ def bench_sweep(name: str, model: torch.nn.Module, size: int, ensemble: int = 4,
         for layer in range(depth):
             capture([layer])
 
-    t_one, t_each = best_of_interleaved(one_pass, per_block)
+    t_one, t_each = best_of_interleaved(one_pass, per_block, REPEATS)
     tokens = (size // 2) ** 2
     print(f"full-depth sweep, {name} ({depth} blocks, {tokens} tokens, E={ensemble}, B={batch}): one pass "
           f"{t_one * 1e3:.0f} ms (incl. sweep statistics) vs {depth} per-block passes {t_each * 1e3:.0f} ms -> "
