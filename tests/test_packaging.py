@@ -53,3 +53,13 @@ def test_pack_imports_outside_comfyui_under_any_folder_name():
         sys.modules.pop(spec.name, None)
     assert module.WEB_DIRECTORY == "./web"
     assert not hasattr(module, "NODE_CLASS_MAPPINGS")  # V3 only: ComfyUI would ignore comfy_entrypoint
+
+
+def test_pack_file_imports_as_a_plain_module():
+    """pytest imports the root ``__init__.py`` with no parent package when the checkout's folder is named like the
+    registry entry (``comfyui-ditf``, not an identifier): that must not fail collection."""
+    spec = importlib.util.spec_from_file_location("__init__", ROOT / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.WEB_DIRECTORY == "./web"
+    assert not hasattr(module, "comfy_entrypoint")

@@ -22,10 +22,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 SKIP_REASON = "COMFYUI_PATH is not set: ComfyUI integration tier skipped (set it to a ComfyUI 0.3.64 checkout to run it)"
+# CI sets this: then the tier must really run, and any skipped test (no ComfyUI, no browser, no new frontend) fails it.
+REQUIRE_COMFYUI = os.environ.get("DITF_REQUIRE_COMFYUI", "") not in ("", "0")
+_skipped: list[str] = []
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "comfyui: needs a ComfyUI checkout at COMFYUI_PATH (skipped otherwise)")
+    if REQUIRE_COMFYUI and not COMFYUI_PATH:
+        raise pytest.UsageError("DITF_REQUIRE_COMFYUI is set but COMFYUI_PATH is not: the ComfyUI tier cannot run")
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if REQUIRE_COMFYUI and _skipped and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,6 +55,11 @@ def pytest_collection_modifyitems(config, items):
 def pytest_terminal_summary(terminalreporter):
     if not COMFYUI_PATH:
         terminalreporter.write_line(f"NOTE: {SKIP_REASON}", yellow=True)
+    if REQUIRE_COMFYUI and _skipped:
+        terminalreporter.write_line(
+            f"FAILED: DITF_REQUIRE_COMFYUI is set and {len(_skipped)} test(s) skipped: {', '.join(_skipped[:10])}",
+            red=True,
+        )
 
 
 @pytest.fixture(scope="session")
