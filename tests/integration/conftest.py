@@ -146,7 +146,7 @@ def server(comfy, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def new_frontend_server(server, tmp_path_factory):
+def new_frontend_server(request, tmp_path_factory):
     """A second live ComfyUI serving the newest frontend (``--front-end-root $DITF_NEW_FRONTEND_ROOT``), never
     installed into ComfyUI's Python. It shares the first server's pack, models and input images; its user
     settings, temp and output folders are its own (ComfyUI empties temp/ on start-up)."""
@@ -158,6 +158,7 @@ def new_frontend_server(server, tmp_path_factory):
     root = Path(NEW_FRONTEND_ROOT)
     if not (root / "index.html").is_file():
         pytest.fail(f"DITF_NEW_FRONTEND_ROOT={root} is not a frontend's static/ folder (no index.html)")
+    server = request.getfixturevalue("server")  # after the checks: a skip starts no server
     base = tmp_path_factory.mktemp("comfy_base_new_frontend")
     for shared in ("custom_nodes", "models", "input"):
         (base / shared).symlink_to(server.base_dir / shared, target_is_directory=True)
