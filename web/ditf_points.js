@@ -19,7 +19,10 @@ app.registerExtension({
     });
     // a link made or removed: other images, or points that now come from a link (after the link is in place)
     chain(nodeType.prototype, "onConnectionsChange", function () {
-      queueMicrotask(() => refresh(this));
+      queueMicrotask(() => {
+        refresh(this);
+        this.ditfEditor?.draw(); // the status line says whether the points come from a link
+      });
     });
     chain(nodeType.prototype, "onExecuted", function (message) {
       if (!this.ditfEditor) return;

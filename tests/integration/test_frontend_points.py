@@ -122,7 +122,7 @@ def session(request, tmp_path_factory):
         ("explorer_shot", {"screenshot": str(explorer_shot), "clip": CLIP}),
         ("leave", call("leave", kind="mouse")),
         ("remove", call("remove")),
-        ("fresh", call("fresh")),
+        ("fresh", call("fresh", {"images": INPUT_IMAGES})),
         ("help", call("help")),
         ("link_reads", call("linkReads")),
     ]
@@ -306,9 +306,13 @@ def test_removing_the_node_removes_the_editors_listeners(session):
     assert removed["widgetKept"] and removed["canvasInDocument"] is False
 
 
-def test_without_images_or_with_bad_json_the_editor_says_so(session):
+def test_links_and_values_reach_a_new_editor_without_drawing(session):
     fresh = step(session, "fresh")
     assert fresh["images"] == [None, None] and "click: add a point" in fresh["status"]
+    # a LoadImage linked, another file picked in it, then unlinked: the source panel follows
+    assert f"filename={INPUT_IMAGES[0]}" in fresh["linked"] and f"filename={INPUT_IMAGES[1]}" in fresh["picked"]
+    assert fresh["unlinked"] is None
+    assert fresh["fromLink"] == "points come from a link: editing is off"  # node.isInputConnected
     assert fresh["error"].startswith("points are not valid JSON: point 0")  # set by a script, seen without drawing
     assert (fresh["value"], fresh["points"]) == ('[{"x": 1}]', 0)  # left as typed, for the user to fix
 

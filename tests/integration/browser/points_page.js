@@ -261,18 +261,41 @@ window.__points = {
              canvasInDocument: document.contains(canvas), matchKept: e.match === match };
   },
 
-  /** A node with nothing connected: a placeholder instead of the image; unreadable JSON is reported, not overwritten. */
-  async fresh() {
+  /** A new node: no images until a LoadImage is linked (and another file picked, and unlinked again); points
+   * from a link are not editable; unreadable JSON is reported, not overwritten. None of it needs the node drawn. */
+  async fresh({ images }) {
     const created = LiteGraph.createNode(NODE_TYPE);
     app.graph.add(created);
     const e = created.ditfEditor;
-    const drawn = { status: e.status.textContent, images: [e.images.source, e.images.target] };
+    const empty = { status: e.status.textContent, images: [e.images.source, e.images.target] };
+    const loader = LiteGraph.createNode("LoadImage");
+    app.graph.add(loader);
+    const file = loader.widgets.find((w) => w.name === "image");
+    file.value = images[0];
+    const sourceSlot = created.findInputSlot("source_image");
+    loader.connect(0, created, sourceSlot);
+    await sleep(50);
+    const linked = e.images.source?.url ?? null;
+    file.value = images[1]; // another file picked: the editor follows when the pointer comes to it
+    e.canvas.dispatchEvent(new PointerEvent("pointerenter"));
+    const picked = e.images.source?.url ?? null;
+    created.disconnectInput(sourceSlot);
+    await sleep(50);
+    const unlinked = e.images.source;
+    const text = LiteGraph.createNode("PrimitiveString");
+    app.graph.add(text);
+    text.connect(0, created, created.findInputSlot("points"));
+    await sleep(50);
+    const fromLink = e.status.textContent;
+    created.disconnectInput(created.findInputSlot("points"));
+    await sleep(50);
     const widget = created.widgets.find((w) => w.name === "points");
     widget.value = '[{"x": 1}]'; // set by a script: the editor follows without being drawn
     const r = e.canvas.getBoundingClientRect();
     e.canvas.dispatchEvent(new PointerEvent("pointerdown", { clientX: r.left + 30, clientY: r.top + 60, button: 0, bubbles: true }));
-    const result = { ...drawn, error: e.status.textContent, value: widget.value, points: e.points.length };
-    app.graph.remove(created);
+    const result = { ...empty, linked, picked, unlinked, fromLink, error: e.status.textContent, value: widget.value,
+                     points: e.points.length };
+    for (const extra of [created, loader, text]) app.graph.remove(extra);
     return result;
   },
 
