@@ -47,10 +47,6 @@ class ModelPlan:
     def encodes_prompts(self) -> bool:
         return self.text_embeds is None and self.files is not None and self.files.text_folder is not None
 
-    @property
-    def depth(self) -> int:
-        return len(self.family.blocks(self.skeleton))
-
 
 def check_images(paths: Sequence[Path]) -> list:
     """Every image decoded (RGB PIL images), or an error naming the first unusable file."""
@@ -150,23 +146,20 @@ def check_sampling_options(args, plan: ModelPlan, image_sizes: Sequence[tuple[in
 
 
 def check_layer_list(layers: Sequence[int], plan: ModelPlan, option: str) -> list[int]:
-    """Block indices checked against the model's depth; -1 stands for the family default."""
+    """Block indices checked against the model's depth, in the order given without repeats; -1 stands for the
+    family default."""
     default = plan.family.defaults(plan.skeleton).layer
-    layers = [default if layer == DEFAULT_LAYER else layer for layer in layers]
+    layers = list(dict.fromkeys(default if layer == DEFAULT_LAYER else layer for layer in layers))
     try:
-        return check_layers(plan.skeleton, plan.family, layers)
+        check_layers(plan.skeleton, plan.family, layers)
     except (ValueError, TypeError) as error:
         raise DiTFInputError(f"{option}: {str(error).rstrip('.')}, or -1 for the family default ({default})") from None
+    return layers
 
 
 def parse_layers(text: str | None, plan: ModelPlan, option: str = "--layers") -> list[int] | None:
     """--layers text -> checked block indices in the order given, or None when left out."""
-    if text is None:
-        return None
-    layers = parse_index_list(text, option)
-    check_layer_list(layers, plan, option)
-    default = plan.family.defaults(plan.skeleton).layer
-    return list(dict.fromkeys(default if layer == DEFAULT_LAYER else layer for layer in layers))
+    return None if text is None else check_layer_list(parse_index_list(text, option), plan, option)
 
 
 def load_planned(plan: ModelPlan) -> DiTFPipeline:

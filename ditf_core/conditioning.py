@@ -106,7 +106,8 @@ class FixedPromptEncoder(CachedPromptEncoder):
             raise ValueError(f"{path} is not a readable .safetensors file ({first_line(error)})") from None
         missing = {"text_embeds", "pooled"} - tensors.keys()
         if missing:
-            raise ValueError(f"{path} lacks tensor(s) {sorted(missing)}; expected 'text_embeds' and 'pooled'")
+            raise ValueError(f"{path} lacks {' and '.join(map(repr, sorted(missing)))}; expected tensors 'text_embeds' "
+                             "and 'pooled'")
         return cls(tensors["text_embeds"], tensors["pooled"])
 
     def __call__(self, prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:

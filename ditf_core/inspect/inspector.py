@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..images import as_image_batch
 from ..outputs import save_image, write_json
+from ..wording import plural
 from ..recipe import EnsembleCapture
 from . import plots as draw
 from .analysis import MASSIVE_RATIO, WEAK_RATIO, channel_stats, check_ratio
@@ -93,7 +94,8 @@ def inspect_captures(
     pixels = as_image_batch(images) if images is not None else None
     batch = int(next(iter(captures.values())).hidden.shape[0])
     if pixels is not None and pixels.shape[0] != batch:
-        raise ValueError(f"images: got {pixels.shape[0]} image(s) for captures of {batch}; pass the captured images")
+        raise ValueError(f"images: got {plural(pixels.shape[0], 'image')} for captures of {batch}; pass the captured "
+                         "images")
     kind = block_kind or (lambda layer: None)
 
     layer_sweep = sweep_captures(captures, ratio=ratio, min_fraction=min_fraction) if sweep else None
