@@ -34,6 +34,7 @@ from .errors import DiTFInputError
 
 COMMANDS = (extract, inspect, demo, evaluate)
 USER_ERRORS = (DiTFInputError, ValueError, TypeError, OSError)
+INTERRUPTED = "interrupted: stopped before finishing; nothing half-written is left, an output folder keeps what it held"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args, progress)
     except KeyboardInterrupt:
         progress.end_line()
-        print("interrupted: stopped before finishing; no output was changed", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except USER_ERRORS as error:
         progress.end_line()

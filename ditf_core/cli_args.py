@@ -35,7 +35,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae", type=Path, help="VAE folder or .safetensors, when --model holds only a transformer")
     group.add_argument("--config", type=Path, help="diffusers config folder for a single-file transformer")
     group.add_argument("--no-text-encoders", action="store_true", help="skip text encoders: zero conditioning")
-    group.add_argument("--text-embeds", type=Path, help="precomputed conditioning: .safetensors with text_embeds, pooled")
+    group.add_argument("--text-embeds", type=Path,
+                       help="precomputed conditioning: .safetensors with text_embeds, pooled")
     group.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="transformer dtype (default: auto)")
 

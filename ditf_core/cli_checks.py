@@ -93,7 +93,8 @@ def check_device(text: str | None) -> torch.device | None:
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
-        raise DiTFInputError(f"--device {text!r} is not a device name torch knows; use cpu, cuda, cuda:1 or mps") from None
+        raise DiTFInputError(f"--device {text!r} is not a device name torch knows; use cpu, cuda, cuda:1 or "
+                             "mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DiTFInputError(f"--device {text}: this torch sees no CUDA GPU (no NVIDIA driver, or a CPU-only torch "

@@ -38,7 +38,8 @@ def run_demo_pipeline(pipeline, out: Path, extract_kwargs: dict, progress=None, 
     settings = {k: v for k, v in extract_kwargs.items() if k not in ("mode", "discard", "micro_batch")}
     timings = {}
     started = time.perf_counter()
-    run = pipeline.capture([scene_a, scene_b], layers=range(pipeline.depth), micro_batch=extract_kwargs.get("micro_batch"),
+    run = pipeline.capture([scene_a, scene_b], layers=range(pipeline.depth),
+                           micro_batch=extract_kwargs.get("micro_batch"),
                            progress=progress and progress("capture A+B, all blocks"), **settings)
     timings["capture"] = time.perf_counter() - started
 

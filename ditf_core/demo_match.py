@@ -43,11 +43,12 @@ def run_match_demo(out: Path, scene_a: Image.Image, scene_b: Image.Image, truth:
                      f"(mean error {float(error.mean()):.0f} px)",
                      [(f"left: A with {len(points)} keypoints; right: B with the match of each", picture)]))
     save_image(captioned_grid(rows, title=f"Keypoint matches A -> B{model_note}", footer=[
-        f"Each keypoint of A and its match in B share a colour. Ring around a match: green = correct (within {PCK_ALPHA:.2f} x "
-        f"{max(scene_b.size)} px = {threshold:.0f} px of the true position), red = incorrect (a red line leads to the "
-        "true position). Cross: the true position (B is A rotated, scaled and shifted by a known transform).",
+        "Each keypoint of A and its match in B share a colour. Ring around a match: green = correct (within "
+        f"{PCK_ALPHA:.2f} x {max(scene_b.size)} px = {threshold:.0f} px of the true position), red = incorrect (a "
+        "red line leads to the true position). Cross: the true position (B is A rotated, scaled and shifted by a "
+        "known transform).",
     ]), out / "matches.png")
-    lines = ["  keypoints A->B (" + f"{len(points)} points, truth known): " + ", ".join(
+    lines = [f"  keypoints A->B ({len(points)} points, truth known): " + ", ".join(
         f"{m} mean error {v['mean_error_px']} px, PCK@0.10 {v['pck@0.10']:.2f}" for m, v in numbers.items())]
 
     dense = match_dense(features_a, features_b)

@@ -72,7 +72,8 @@ class DiTFeatures:
 
         tensor = self.features.detach().to("cpu", torch.float32).contiguous()
         with atomic_path(path) as temporary:
-            save_file({"features": tensor}, str(temporary), metadata={"ditf": json.dumps(self.metadata(), sort_keys=True)})
+            metadata = {"ditf": json.dumps(self.metadata(), sort_keys=True)}
+            save_file({"features": tensor}, str(temporary), metadata=metadata)
         return Path(path)
 
     @classmethod

@@ -207,7 +207,8 @@ def _vae_files(path) -> Path:
 
 def _vae_config(path: Path, transformer_class: str) -> dict:
     """The VAE's config: its folder's, or for a single file the preset its transformer's family uses."""
-    return _read_json(path / "config.json" if path.is_dir() else CONFIGS / _vae_preset(transformer_class) / "config.json")
+    folder = path if path.is_dir() else CONFIGS / _vae_preset(transformer_class)
+    return _read_json(folder / "config.json")
 
 
 def _vae_preset(transformer_class: str) -> str:

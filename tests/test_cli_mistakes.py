@@ -255,4 +255,5 @@ def test_eval_mistakes(tmp_path, capsys):
     cache = tmp_path / "cache"
     cache.write_text("")
     refused(["eval", "spair", tmp_path, "--demo", "--cache", cache], capsys, "--cache", "is a file")
-    refused(["eval", "spair", tmp_path, "--demo"], capsys, "no SPair-71k pair annotations", "check the dataset folder (ROOT)")
+    refused(["eval", "spair", tmp_path, "--demo"], capsys, "no SPair-71k pair annotations",
+            "check the dataset folder (ROOT)")

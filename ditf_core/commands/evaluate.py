@@ -112,6 +112,7 @@ def _check_output_paths(args) -> None:
             raise DiTFInputError(f"--output {args.output} is a folder; give a file name like result.json")
         parent = next((p for p in args.output.absolute().parents if p.exists()), None)
         if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise DiTFInputError(f"--output {args.output}: cannot write there; give a file in a folder you can write to")
+            raise DiTFInputError(f"--output {args.output}: cannot write there; give a file in a folder you can "
+                                 "write to")
     if not args.no_cache and args.cache.exists() and not args.cache.is_dir():
         raise DiTFInputError(f"--cache {args.cache} is a file, not a folder; give a folder or --no-cache")
