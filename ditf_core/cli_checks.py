@@ -27,6 +27,7 @@ from .loading import ModelFiles, find_model_files, probe_model
 from .mapping import PixelMapping
 from .pipeline import DiTFPipeline, resolve_discard
 from .recipe import check_timestep
+from .wording import plural
 
 RESOLUTION_RANGE = (16, 4096)  # as the nodes' resolution input
 
@@ -101,7 +102,7 @@ def check_device(text: str | None) -> torch.device | None:
                                  "build); use --device cpu, or leave --device out")
         if device.index is not None and device.index >= torch.cuda.device_count():
             count = torch.cuda.device_count()
-            raise DiTFInputError(f"--device {text}: this machine has {count} CUDA GPU{'s' if count != 1 else ''} "
+            raise DiTFInputError(f"--device {text}: this machine has {plural(count, 'CUDA GPU')} "
                                  f"(cuda:0..cuda:{count - 1})")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise DiTFInputError(f"--device {text}: MPS (Apple GPU) is not available here; use --device cpu")
