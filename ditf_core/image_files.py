@@ -33,6 +33,8 @@ def open_image(path: str | Path) -> Image.Image:
                 check_pixel_count(image.size, path)
                 image.load()
                 return image.convert("RGB")
+    except DiTFInputError:  # our own pixel cap (a ValueError: not to be taken for a decoding error below)
+        raise
     except Image.DecompressionBombError:
         raise DiTFInputError(_too_large(path, None)) from None
     except UnidentifiedImageError:
