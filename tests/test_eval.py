@@ -290,6 +290,7 @@ def test_border_keypoints_are_clamped_into_the_image(tmp_path):
 
 def test_cli_runs_the_harness_with_a_pipeline_it_loads_lazily(tmp_path, monkeypatch, capsys):
     import ditf_core.eval.__main__ as cli
+    from ditf_core import DiTFPipeline
 
     class FakePipeline:  # stands in for DiTFPipeline: the CLI must only need this surface
         name, device, dtype = "fake", "cpu", torch.float32
@@ -304,7 +305,7 @@ def test_cli_runs_the_harness_with_a_pipeline_it_loads_lazily(tmp_path, monkeypa
         def extract(self, image, **kwargs):
             return self.extractor(image)
 
-    monkeypatch.setattr(cli, "load_from_args", lambda args: FakePipeline())
+    monkeypatch.setattr(DiTFPipeline, "demo", classmethod(lambda cls, **options: FakePipeline()))
     root = make_spair(tmp_path / "spair")
     output = tmp_path / "out" / "result.json"
     argv = ["spair", str(root), "--demo", "--cache", str(tmp_path / "cache"), "--output", str(output), "--quiet"]
