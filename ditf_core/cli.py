@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import DiTFInputError
 from .pipeline import MODES
+from .video.cli import add_command as add_video_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(demo)
     add_extract_arguments(demo)
     demo.set_defaults(run=run_demo)
+    add_video_commands(commands, add_model_arguments, load_from_args)  # propagate, track
     return parser
 
 

@@ -25,9 +25,13 @@ from ..errors import DiTFInputError
 from .datasets import READERS
 from .harness import evaluate
 from .pck import ALPHAS, format_table
+from .video_cli import BENCHMARKS as VIDEO_BENCHMARKS, main as video_main  # davis, tapvid
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in VIDEO_BENCHMARKS:
+        return video_main(argv)
     args = build_parser().parse_args(argv)
     try:
         return run(args)
