@@ -21,6 +21,7 @@ occlusion accuracy; averages over thresholds. Query mode "first" evaluates the f
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -96,11 +97,13 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 def sequence_statistics(values: np.ndarray) -> tuple[float, float, float]:
     """(mean, recall, decay) of per-frame values (``db_statistics``; NaN frames ignored)."""
     values = np.asarray(values, dtype=np.float64)
-    mean = float(np.nanmean(values))
-    recall = float(np.nanmean(values > 0.5))
-    ids = (np.round(np.linspace(1, len(values), 5) + 1e-10) - 1).astype(np.uint8)
-    bins = [values[ids[i] : ids[i + 1] + 1] for i in range(4)]
-    decay = float(np.nanmean(bins[0]) - np.nanmean(bins[3]))
+    with warnings.catch_warnings():  # as the reference: an all-NaN (unscored) curve gives NaN quietly
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        mean = float(np.nanmean(values))
+        recall = float(np.nanmean(values > 0.5))
+        ids = (np.round(np.linspace(1, len(values), 5) + 1e-10) - 1).astype(np.uint8)
+        bins = [values[ids[i] : ids[i + 1] + 1] for i in range(4)]
+        decay = float(np.nanmean(bins[0]) - np.nanmean(bins[3]))
     return mean, recall, decay
 
 

@@ -15,7 +15,11 @@ divided by their sum, and the query's labels are the weighted sum of the context
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+SLICE_ELEMENTS = 1 << 20  # context values copied at once (4 MB): a contiguous block of channels of a tile's slice
 
 
 def default_tile(radius: int) -> int:
@@ -26,7 +30,7 @@ def default_tile(radius: int) -> int:
 
 def propagate_labels(
     query: torch.Tensor,
-    context: torch.Tensor,
+    context: torch.Tensor | Sequence[torch.Tensor],
     labels: torch.Tensor,
     *,
     radius: int,
@@ -36,29 +40,30 @@ def propagate_labels(
 ) -> torch.Tensor:
     """Labels of the query frame propagated from the context frames (``tile``: None = :func:`default_tile`).
 
-    query: [C, h, w] unit-norm features (per cell). context: [n, C, h, w] unit-norm features.
-    labels: [n, L, h, w] the context frames' (soft) labels. Returns [L, h, w] float32.
+    query: [C, h, w] unit-norm features (per cell). context: [n, C, h, w] unit-norm features, or a sequence of n
+    [C, h, w] maps (not stacked: no copy of the context is made). labels: [n, L, h, w] the context frames' (soft)
+    labels. Returns [L, h, w] float32.
     """
-    n, _, h, w = context.shape
+    h, w = query.shape[-2:]
     out = torch.zeros(labels.shape[1], h * w, dtype=torch.float32, device=query.device)
     for (y0, y1, x0, x1), affinity, index in _tiles(query, context, radius, temperature, tile):
         weights = _top_k_weights(affinity, top_k)  # [n, q, P]
-        gathered = labels.flatten(2)[:, :, index.key]  # [n, L, q, P]
-        tile_labels = (weights.unsqueeze(1) * gathered).sum(dim=(0, 3))  # [L, q]
-        rows = torch.arange(y0, y1, device=query.device)[:, None] * w + torch.arange(x0, x1, device=query.device)
-        out[:, rows.reshape(-1)] = tile_labels
+        rows = (torch.arange(y0, y1, device=query.device)[:, None] * w + torch.arange(x0, x1, device=query.device))
+        for label in range(labels.shape[1]):  # one label at a time: [n, q, P] values alive, not [n, L, q, P]
+            out[label, rows.reshape(-1)] = (weights * labels[:, label].flatten(1)[:, index.key]).sum(dim=(0, 2))
     return out.reshape(-1, h, w)
 
 
 def window_affinity(
-    query: torch.Tensor, context: torch.Tensor, *, radius: int, temperature: float, tile: int | None = None
+    query: torch.Tensor, context: torch.Tensor | Sequence[torch.Tensor], *, radius: int, temperature: float,
+    tile: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole frame's windowed affinity, for tests and inspection (:func:`propagate_labels` never holds it).
 
     Returns values [n, h*w, P] (P = (2r+1)^2, window positions row-major from offset (-r, -r); 0 outside the
     frame), key [h*w, P] (flat context cell of each window position, clamped into the frame) and valid [h*w, P].
     """
-    n, _, h, w = context.shape
+    n, (h, w) = len(context), query.shape[-2:]
     side = (2 * radius + 1) ** 2
     values = torch.zeros(n, h * w, side, dtype=torch.float32)
     keys = torch.zeros(h * w, side, dtype=torch.long)
@@ -89,10 +94,11 @@ class _WindowIndex:
 
 def _tiles(query, context, radius, temperature, tile):
     """Per query tile: its bounds, the windowed affinity [n, q, P] (0 outside the frame) and its _WindowIndex."""
-    if query.ndim != 3 or context.ndim != 4 or context.shape[1:] != query.shape:
-        raise ValueError(f"query must be [C, h, w] and context [n, C, h, w] of the same C, h, w; got "
-                         f"{list(query.shape)} and {list(context.shape)}")
-    n, channels, h, w = context.shape
+    shapes = {tuple(frame.shape) for frame in context}
+    if query.ndim != 3 or shapes != {tuple(query.shape)}:
+        raise ValueError(f"query must be [C, h, w] and every context frame the same [C, h, w]; got "
+                         f"{list(query.shape)} and {sorted(shapes)}")
+    n, (channels, h, w) = len(context), query.shape
     tile = tile or default_tile(radius)
     for y0 in range(0, h, tile):
         for x0 in range(0, w, tile):
@@ -100,9 +106,12 @@ def _tiles(query, context, radius, temperature, tile):
             index = _WindowIndex(y0, y1, x0, x1, h, w, radius, query.device)
             queries = query[:, y0:y1, x0:x1].reshape(channels, -1).T  # [q, C]
             affinity = torch.empty(n, queries.shape[0], index.local.shape[1], dtype=torch.float32, device=query.device)
-            for s in range(n):  # one context frame's slice at a time
-                keys = context[s, :, index.top : index.bottom, index.left : index.right].reshape(channels, -1)
-                similarity = queries @ keys  # [q, slice cells]
+            for s in range(n):  # one context frame's slice at a time, a block of channels at a time
+                keys = context[s][:, index.top : index.bottom, index.left : index.right]
+                step = max(1, SLICE_ELEMENTS // (keys.shape[1] * keys.shape[2]))
+                similarity = queries[:, :step] @ keys[:step].reshape(min(step, channels), -1)  # [q, slice cells]
+                for c0 in range(step, channels, step):
+                    similarity.addmm_(queries[:, c0 : c0 + step], keys[c0 : c0 + step].reshape(-1, similarity.shape[1]))
                 affinity[s] = similarity.gather(1, index.local)
             affinity = torch.exp(affinity / temperature).mul_(index.valid)  # the reference multiplies by its mask
             yield (y0, y1, x0, x1), affinity, index

@@ -59,7 +59,7 @@ class LabelPropagator:
                                  f"{list(self.anchor[0].shape)}; every frame of a clip must have one size")
         frames = [self.anchor, *self.queue]
         s = self.settings
-        labels = propagate_labels(query, torch.stack([f for f, _ in frames]), torch.stack([y for _, y in frames]),
+        labels = propagate_labels(query, [f for f, _ in frames], torch.stack([y for _, y in frames]),
                                   radius=s.radius, top_k=s.top_k, temperature=s.temperature, tile=self.tile)
         if s.context > 0:
             self.queue.append((query, labels))

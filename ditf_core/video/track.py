@@ -89,7 +89,6 @@ class PointTracker:
                                  "every frame of a clip needs one size and one setting")
         s = self.settings
         frame = _unit(features.features[0])
-        h, w = frame.shape[-2:]
         uv, score = self._search(frame, self._templates())
         found = _descriptors(frame, uv)
         back, _ = _best(found, self.query_map, None, s)
@@ -172,7 +171,8 @@ def track_queries(
     """Queries on any frames (TAP-Vid style): queries [Q, 3] (frame, x, y) in pixels -> tracks [Q, T, 2] and
     visible [Q, T]. One pass forward over the frames (each query tracked from its frame on), and with
     ``backward`` one pass back (each query tracked from its frame down to frame 0). ``features_at(t)`` gives a
-    frame's features (batch of one); it is called once per frame and pass."""
+    frame's features (batch of one); it is called once per frame and pass. Each query frame's tracker keeps that
+    frame's features, so memory grows with the number of distinct query frames (not with the clip otherwise)."""
     frames_of = queries[:, 0].round().long()
     if ((frames_of < 0) | (frames_of >= num_frames)).any():
         raise DiTFInputError(f"query frames must lie in 0..{num_frames - 1}")
