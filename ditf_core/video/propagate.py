@@ -27,7 +27,7 @@ from ..features import DiTFeatures
 from ..recipe import ProgressFn
 from .affinity import propagate_labels
 from .settings import PropagationSettings
-from .stream import FeatureSource, FrameSequence, check_frames, stream_features
+from .stream import FeatureSource, FrameSequence, check_frames, stream_features, unit_cells
 
 
 class LabelPropagator:
@@ -45,7 +45,7 @@ class LabelPropagator:
         if features.ndim != 3 or labels.ndim != 3 or features.shape[1:] != labels.shape[1:]:
             raise DiTFInputError(f"anchor features [C, h, w] and labels [L, h, w] must share h, w; got "
                                  f"{list(features.shape)} and {list(labels.shape)}")
-        self.anchor = (_unit(features), labels.to(torch.float32))
+        self.anchor = (unit_cells(features), labels.to(torch.float32))
         self.queue.clear()
         self._account()
 
@@ -53,7 +53,7 @@ class LabelPropagator:
         """Soft labels [L, h, w] of the next frame (features [C, h, w]); the frame then joins the queue."""
         if self.anchor is None:
             raise RuntimeError("start() the propagator on a labelled frame first")
-        query = _unit(features)
+        query = unit_cells(features)
         if query.shape != self.anchor[0].shape:
             raise DiTFInputError(f"frame features are {list(query.shape)} but the anchor's are "
                                  f"{list(self.anchor[0].shape)}; every frame of a clip must have one size")
@@ -169,6 +169,3 @@ def _first_argmax(values: torch.Tensor) -> torch.Tensor:
         best = torch.where(better, values[label], best)
     return index
 
-
-def _unit(features: torch.Tensor) -> torch.Tensor:
-    return F.normalize(features.to(torch.float32), dim=0)

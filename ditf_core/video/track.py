@@ -38,7 +38,7 @@ from ..matching.points import check_points
 from ..matching.search import sample_descriptors, window_soft_argmax
 from ..recipe import ProgressFn
 from .settings import TrackSettings
-from .stream import FeatureSource, FrameSequence, check_frames, stream_features
+from .stream import FeatureSource, FrameSequence, check_frames, stream_features, unit_cells
 
 CHUNK_ELEMENTS = 1 << 22  # similarities alive at once
 
@@ -66,7 +66,7 @@ class PointTracker:
         self.settings = settings or TrackSettings()
         self.mapping = query.mapping
         xy = check_points(points, self.mapping.image_size, 1, name="points")[0]
-        self.query_map = _unit(query.features[0])  # [C, h, w]
+        self.query_map = unit_cells(query.features[0])  # [C, h, w]
         self.query_uv = self.mapping.to_feature(xy)  # [K, 2]
         self.anchor = _descriptors(self.query_map, self.query_uv)  # [K, C]
         count, channels = self.anchor.shape
@@ -88,7 +88,7 @@ class PointTracker:
                                  f"cells but the query frame's map {self.mapping.image_size} to {self.mapping.grid_size}; "
                                  "every frame of a clip needs one size and one setting")
         s = self.settings
-        frame = _unit(features.features[0])
+        frame = unit_cells(features.features[0])
         uv, score = self._search(frame, self._templates())
         found = _descriptors(frame, uv)
         back, _ = _best(found, self.query_map, None, s)
@@ -222,6 +222,3 @@ def _descriptors(frame: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """Unit descriptors [K, C] read bilinearly from frame [C, h, w] at feature coordinates uv [K, 2]."""
     return F.normalize(sample_descriptors(frame[None], uv[None])[0], dim=1)
 
-
-def _unit(features: torch.Tensor) -> torch.Tensor:
-    return F.normalize(features.to(torch.float32), dim=0)
