@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from .cosegment.cli import add_command as add_cosegment_command
 from .errors import DiTFInputError
+from .fusion.cli import add_dino_arguments, fuse_images, load_dino_from_args
 from .pipeline import MODES
 
 
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--out", type=Path, default=Path("ditf_features"), help="output folder")
     add_model_arguments(extract)
     add_extract_arguments(extract)
+    add_dino_arguments(extract)
     extract.set_defaults(run=run_extract)
 
     inspect = commands.add_parser("inspect", help="massive-activation inspector: report.json + PNG pictures")
@@ -49,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(demo)
     add_extract_arguments(demo)
     demo.set_defaults(run=run_demo)
+    add_cosegment_command(commands)
     return parser
 
 
@@ -144,6 +148,7 @@ def run_extract(args) -> int:
     from .visualize import pca_rgb, upsample_rgb
 
     pipeline = load_from_args(args)
+    dino = load_dino_from_args(args, pipeline)
     print(model_banner(pipeline))
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -154,9 +159,14 @@ def run_extract(args) -> int:
         started = time.perf_counter()
         features = pipeline.extract(image, progress=progress_printer(path.name), **extract_kwargs(args))
         elapsed = time.perf_counter() - started
-        saved = features.save(args.out / f"{path.stem}.safetensors")
         results.append((path, image, features))
-        print(f"{path.name}: {list(features.features.shape)} in {elapsed:.2f}s, discarded {list(features.discarded)} -> {saved}")
+        print(f"{path.name}: {list(features.features.shape)} in {elapsed:.2f}s, discarded {list(features.discarded)}")
+    if dino is not None:  # after all extractions: --dino-pca fits one PCA over every image
+        fused = fuse_images(dino, args, [features for _, _, features in results], [image for _, image, _ in results])
+        results = [(path, image, features) for (path, image, _), features in zip(results, fused)]
+        print(f"fused with {dino.describe()['name']}: {list(fused[0].features.shape)} per image")
+    for path, _, features in results:
+        features.save(args.out / f"{path.stem}.safetensors")
     # One joint PCA so that colours are comparable across the images.
     for (path, image, _), rgb in zip(results, pca_rgb([f.features[0] for _, _, f in results])):
         upsample_rgb(rgb, image.size).save(args.out / f"{path.stem}_pca.png")

@@ -22,6 +22,7 @@ from ..cli import (
     model_banner,
 )
 from ..errors import DiTFInputError
+from ..fusion.cli import add_dino_arguments, fusing_extractor, fusion_cache_settings, load_dino_from_args
 from .datasets import READERS
 from .harness import evaluate
 from .pck import ALPHAS, format_table
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", help="annotation split (default test)")
     add_model_arguments(parser)
     add_extract_arguments(parser)
+    add_dino_arguments(parser, pca=False)  # per-image features are cached: no PCA fitted per pair
     run_group = parser.add_argument_group("evaluation")
     run_group.add_argument("--match", choices=["exact", "fast"], default="exact", help="matching (default exact)")
     run_group.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS), help="PCK alphas")
@@ -70,12 +72,17 @@ def run(args) -> int:
     pairs = pairs[: args.limit]
 
     pipeline = load_from_args(args)
+    dino = load_dino_from_args(args, pipeline)
     print(model_banner(pipeline), file=sys.stderr)
     options = extract_kwargs(args)
     settings = cache_settings(pipeline, args, options)
+    if dino is not None:  # fused features get their own cache entries
+        settings["fusion"] = fusion_cache_settings(dino, args)
 
     def extractor(image):
         return pipeline.extract(image, **options)
+
+    extractor = fusing_extractor(extractor, dino, args)
 
     started = time.perf_counter()
     result = evaluate(
