@@ -44,7 +44,7 @@ def kmeans(
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise DiTFInputError(f"iterations must be a whole number >= 1, got {iterations!r}")
     generator = torch.Generator().manual_seed(seed)
-    squared = (points * points).sum(dim=1)  # [N]
+    squared = torch.linalg.vector_norm(points, dim=1).square_()  # [N], without an [N, C] temporary
     centres = _init_plus_plus(points, squared, clusters, generator, chunk)
     labels, distances = _assign(points, squared, centres, chunk)
     converged, done = False, 0
@@ -60,7 +60,7 @@ def kmeans(
 
 def nearest_centres(points: torch.Tensor, centres: torch.Tensor, chunk: int = CHUNK_POINTS) -> torch.Tensor:
     """Index of the nearest centre [N] for points [N, C] and centres [K, C], in chunks of points."""
-    return _assign(points, (points * points).sum(dim=1), centres, chunk)[0]
+    return _assign(points, torch.linalg.vector_norm(points, dim=1).square_(), centres, chunk)[0]
 
 
 def _init_plus_plus(points: torch.Tensor, squared: torch.Tensor, clusters: int, generator, chunk: int) -> torch.Tensor:
