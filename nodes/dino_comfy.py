@@ -67,7 +67,8 @@ def encode_dinov2(
             if progress is not None:
                 progress(done, len(chunks))
     embeddings = model.embeddings
-    info = describe_dinov2(embeddings.patch_embeddings.projection.weight, embeddings.cls_token, len(model.encoder.layer))
+    depth = len(model.encoder.layer)
+    info = describe_dinov2(embeddings.patch_embeddings.projection.weight, embeddings.cls_token, depth)
     return DinoFeatures(torch.cat(maps), mapping, info)
 
 

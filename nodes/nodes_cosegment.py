@@ -47,8 +47,8 @@ class CoSegment(io.ComfyNode):
             outputs=[
                 io.Mask.Output(display_name="cluster_mask", tooltip="The chosen cluster's mask for every image [B, H, "
                                "W] at the image size."),
-                io.Mask.Output(display_name="masks", tooltip="Every cluster's mask for every image, cluster by cluster: "
-                               "cluster j of image i is mask j * B + i (K * B masks)."),
+                io.Mask.Output(display_name="masks", tooltip="Every cluster's mask for every image, cluster by "
+                               "cluster: cluster j of image i is mask j * B + i (K * B masks)."),
                 io.Image.Output(display_name="preview", tooltip="Each image with its clusters in colour (the same "
                                 "colour, the same cluster in every image); outside the foreground greyed."),
             ],

@@ -28,8 +28,9 @@ class FuseDINOv2(io.ComfyNode):
             node_id="DiTFFuseDINOv2",
             display_name="Fuse DINOv2 (DiTF)",
             category="DiTF",
-            description="DiTF + DINOv2 features (the SD-DINO recipe, the paper's dagger rows): DINOv2 patches resampled "
-            "onto the DiTF grid, each part L2-normalised, weighted and concatenated. Matches like any DITF_FEATURES.",
+            description="DiTF + DINOv2 features (the SD-DINO recipe, the paper's dagger rows): DINOv2 patches "
+            "resampled onto the DiTF grid, each part L2-normalised, weighted and concatenated. Matches like any "
+            "DITF_FEATURES.",
             is_output_node=True,  # shows its PCA preview even when nothing consumes the features yet
             inputs=[
                 DiTFeaturesType.Input("features", tooltip="DiTF features from Extract DiTF Features (not yet fused)."),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_eval import SyntheticExtractor, assert_summary, make_ap10k, make_pfpascal, make_spair
+from test_eval import FakePipeline, assert_summary, make_ap10k, make_pfpascal, make_spair
 from test_fusion_dino import tiny_dinov2
 
 from ditf_core import DiTFeatures
@@ -61,26 +61,7 @@ def test_dino_options_need_dino_and_a_dinov2_folder(tmp_path, scenes, capsys):
     assert "dit_weight must be a number in [0, 1]" in capsys.readouterr().err
 
 
-# --- the evaluation with --dino ------------------------------------------------------------------------------------
-class FakePipeline:
-    """Stands in for DiTFPipeline in the evaluation CLI (as tests/test_eval.py does): synthetic features whose true
-    match is known, so the DiTF part alone scores the hand-computed PCK."""
-
-    name, device, dtype = "fake", "cpu", torch.float32
-
-    def __init__(self):
-        self.extractor = SyntheticExtractor()
-
-    def describe(self):
-        return {"family": "flux", "depth": 6, "hidden_size": 48, "text": "none", "config_sha256": "0"}
-
-    def settings(self, **kwargs):
-        return type("Settings", (), {"__dict__": {**kwargs, "layer": 1}})()
-
-    def extract(self, image, **kwargs):
-        return self.extractor(image)
-
-
+# --- the evaluation with --dino (FakePipeline: synthetic features whose PCK is known by hand) ------------------------
 @pytest.mark.parametrize("layout", ["spair", "pfpascal", "ap10k"])
 def test_eval_fuses_with_dino_and_caches_fused_features_apart(tmp_path, monkeypatch, dino_folder, layout):
     import ditf_core.eval.__main__ as cli

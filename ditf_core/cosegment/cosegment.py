@@ -148,7 +148,8 @@ def _foreground_cells(maps: list[DiTFeatures], foreground) -> list[torch.Tensor 
     if len(masks) != len(maps):
         raise DiTFInputError(f"{len(masks)} foreground masks for {len(maps)} feature maps; give one per feature map")
     name = "foreground" if len(maps) == 1 else "foreground[{}]"
-    return [None if mask is None else grid_mask(mask, m, name.format(i)) for i, (m, mask) in enumerate(zip(maps, masks))]
+    return [None if mask is None else grid_mask(mask, m, name.format(i))
+            for i, (m, mask) in enumerate(zip(maps, masks))]
 
 
 def _cells(maps: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:

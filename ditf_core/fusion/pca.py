@@ -4,8 +4,9 @@ SD-DINO (``co_pca`` in its utils) fits PCA jointly over the source and target fe
 which draws unseeded random numbers. Here the fit is deterministic: a fixed-seed subspace iteration over chunks of
 cells (memory [C, k], never [cells, cells] or a full [C, C] eigenproblem: ``eigh`` of a 3072 x 3072 matrix takes
 a minute on a small CPU), then an exact PCA inside that subspace; components come largest variance first, each
-sign-fixed so that its largest-magnitude loading is positive. Features reduced with different bases live in different spaces: the
-basis carries a digest that the fusion records, and matching refuses pairs whose digests differ.
+sign-fixed so that its largest-magnitude loading is positive. Features reduced with different bases live in
+different spaces: the basis carries a digest that the fusion records, and matching refuses pairs whose digests
+differ.
 """
 
 from __future__ import annotations

@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 import tiny_dino
-from live_server import INPUT_IMAGES, messages, succeeded
+from live_server import messages, succeeded
+from test_nodes_server import correspondence_graph
 
 pytestmark = pytest.mark.comfyui
 
 DINO_FILE, CLIP_FILE = "ditf_test_dinov2.safetensors", "ditf_test_clip_vision.safetensors"
-EXTRACT = dict(layer=-1, t=0.26, ensemble=1, seed=0, resolution=128, discard="auto", mode="ditf")
 FUSE = dict(dit_weight=0.5, dino_resolution=126, pca_dims=0)
 POINTS = '[{"x": 100, "y": 80}, {"x": 250, "y": 150}]'
 
@@ -34,34 +34,18 @@ def vision_files(server, tmp_path_factory):
 
 
 def fusion_graph(files, vision: str, fuse=None):
-    """Extract x 2 -> Fuse x 2 -> Match -> Warp -> Preview, and Co-Segment of the fused source -> Preview."""
-    graph = {
-        "flux": {"class_type": "DiTFTestTinyFluxLoader", "inputs": {"name": files["flux"]}},
-        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": files["vae"]}},
-        "img1": {"class_type": "LoadImage", "inputs": {"image": INPUT_IMAGES[0]}},
-        "img2": {"class_type": "LoadImage", "inputs": {"image": INPUT_IMAGES[1]}},
-        "load": {"class_type": "DiTFLoadDiT", "inputs": {"model": ["flux", 0], "vae": ["vae", 0]}},
-        "vision": {"class_type": "DiTFTestTinyClipVision", "inputs": {"name": vision}},
-        "ex_a": {"class_type": "DiTFExtractFeatures", "inputs": {"ditf_model": ["load", 0], "image": ["img1", 0],
-                                                                 **EXTRACT}},
-        "ex_b": {"class_type": "DiTFExtractFeatures", "inputs": {"ditf_model": ["load", 0], "image": ["img2", 0],
-                                                                 **EXTRACT}},
-        "fuse_a": {"class_type": "DiTFFuseDINOv2", "inputs": {"features": ["ex_a", 0], "clip_vision": ["vision", 0],
-                                                              "image": ["img1", 0], **FUSE, **(fuse or {})}},
-        "fuse_b": {"class_type": "DiTFFuseDINOv2", "inputs": {"features": ["ex_b", 0], "clip_vision": ["vision", 0],
-                                                              "image": ["img2", 0], **FUSE, **(fuse or {})}},
-        "match": {"class_type": "DiTFCorrespondenceMatch", "inputs": {
-            "source": ["fuse_a", 0], "target": ["fuse_b", 0], "source_image": ["img1", 0],
-            "target_image": ["img2", 0], "points": POINTS, "mode": "fast", "max_points": 8, "cycle_tolerance": 2.0}},
-        "warp": {"class_type": "DiTFWarp", "inputs": {"image": ["img1", 0], "match": ["match", 1],
-                                                      "target_image": ["img2", 0], "method": "flow", "strength": 1.0,
-                                                      "min_confidence": 0.5}},
-        "show": {"class_type": "PreviewImage", "inputs": {"images": ["warp", 0]}},
-        "coseg": {"class_type": "DiTFCoSegment", "inputs": {"features": ["fuse_a", 0], "clusters": 3, "seed": 0,
-                                                            "iterations": 50, "cluster": 0, "image": ["img1", 0]}},
-        "mask_image": {"class_type": "MaskToImage", "inputs": {"mask": ["coseg", 1]}},
-        "show_masks": {"class_type": "PreviewImage", "inputs": {"images": ["mask_image", 0]}},
-    }
+    """The correspondence workflow of test_nodes_server (tiny Flux -> Extract x 2 -> Match -> Warp) with Fuse DINOv2
+    between Extract and Match, and Co-Segment of the fused source -> its masks as images."""
+    graph = correspondence_graph(files, warp={"method": "flow"}, sample=False)
+    graph["vision"] = {"class_type": "DiTFTestTinyClipVision", "inputs": {"name": vision}}
+    for side, image in (("a", "img1"), ("b", "img2")):
+        graph[f"fuse_{side}"] = {"class_type": "DiTFFuseDINOv2", "inputs": {
+            "features": [f"ex_{side}", 0], "clip_vision": ["vision", 0], "image": [image, 0], **FUSE, **(fuse or {})}}
+    graph["match"]["inputs"].update(source=["fuse_a", 0], target=["fuse_b", 0], points=POINTS)
+    graph["coseg"] = {"class_type": "DiTFCoSegment", "inputs": {
+        "features": ["fuse_a", 0], "clusters": 3, "seed": 0, "iterations": 50, "cluster": 0, "image": ["img1", 0]}}
+    graph["mask_image"] = {"class_type": "MaskToImage", "inputs": {"mask": ["coseg", 1]}}
+    graph["show_masks"] = {"class_type": "PreviewImage", "inputs": {"images": ["mask_image", 0]}}
     return graph
 
 
