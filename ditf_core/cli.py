@@ -1,4 +1,4 @@
-"""Command line: ``python -m ditf_core {extract,inspect,demo} ...``.
+"""Command line: ``python -m ditf_core {extract,inspect,demo,cosegment} ...``.
 
 ``demo`` is the quick start: without ``--model`` it runs on the built-in tiny demo DiT (RANDOM weights, two
 planted massive channels), so it works anywhere with no download.
