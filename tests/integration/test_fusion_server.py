@@ -92,12 +92,15 @@ def other_image(graph, files):
     (unfused_target, "match", "source is fused with DINOv2 32-wide"),
     (other_image, "fuse_a", "image is 200x150 but the features were extracted from images of 384x288"),
 ])
-def test_bad_input_is_reported_and_the_server_carries_on(server, vision_files, change, node, message):
+def test_bad_input_is_reported(server, vision_files, change, node, message):
     graph = fusion_graph(server.files, vision_files["dino"])
     change(graph, vision_files)
     entry = server.run(graph)
     assert not succeeded(entry) and message in error_message(entry), error_message(entry)
     assert [m["node_id"] for m in messages(entry, "execution_error")] == [node]
+
+
+def test_the_server_carries_on_after_bad_input(server, vision_files):
     assert succeeded(server.run(fusion_graph(server.files, vision_files["dino"], fuse={"dit_weight": 0.6})))
 
 
