@@ -5,7 +5,9 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
+from .nodes_cosegment import CoSegment
 from .nodes_extract import ExtractFeatures
+from .nodes_fusion import FuseDINOv2
 from .nodes_inspect import MassiveActivationInspector
 from .nodes_load import LoadDiffusersDiT, LoadDiT
 from .nodes_match import CorrespondenceMatch
@@ -14,7 +16,7 @@ from .nodes_warp import WarpAppearanceTransfer
 
 NODES: list[type[io.ComfyNode]] = [
     LoadDiT, LoadDiffusersDiT, ExtractFeatures, CorrespondenceMatch, WarpAppearanceTransfer, MassiveActivationInspector,
-    PropagateMask, TrackPoints,
+    PropagateMask, TrackPoints, FuseDINOv2, CoSegment,
 ]
 
 

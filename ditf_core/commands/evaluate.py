@@ -5,7 +5,8 @@ AP-10K; ``davis``: J&F of label propagation on DAVIS-2017; ``tapvid``: point tra
 
 PCK: prints a per-category table (percent) and writes the full result as JSON (``--output``). Features are cached
 per image under ``--cache`` (default ``.ditf_cache/eval``), so an interrupted run resumes where it stopped.
-Matching defaults to "exact", the paper protocol; ``--match fast`` is the feature-resolution variant.
+Matching defaults to "exact", the paper protocol; ``--match fast`` is the feature-resolution variant. ``--dino
+PATH`` fuses the features with a local DINOv2 (the paper's dagger setting; fused features are cached apart).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..cli_checks import check_extract_options, check_folder_option, check_outpu
 from ..errors import DiTFInputError
 from ..outputs import write_json
 from ..wording import plural
+from .dino_options import add_dino_arguments, check_dino_options, fusing_extractor, fusion_cache_settings, load_dino
 from .evaluate_video import add_video_benchmarks
 
 NAME = "eval"
@@ -46,6 +48,7 @@ def add_pck_benchmark(benchmarks, dataset: str, title: str, folder: str) -> None
     parser.add_argument("--split", default="test", help="annotation split (default test)")
     add_model_arguments(parser)
     add_extract_arguments(parser)
+    add_dino_arguments(parser, pca=False)  # per-image features are cached: no PCA fitted per pair
     group = parser.add_argument_group("evaluation")
     group.add_argument("--match", choices=["exact", "fast"], default="exact", help="matching (default exact)")
     group.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS), help="PCK alphas")
@@ -79,13 +82,19 @@ def run(args, progress) -> int:
     pairs = pairs[: args.limit]
     plan = plan_model(args)
     options = check_extract_options(args, plan, [])
+    check_dino_options(args, plan, [])
 
     pipeline = load_planned(plan)
+    dino = load_dino(args, pipeline)
     print(model_banner(pipeline), file=sys.stderr)
     settings = cache_settings(pipeline, args, options)
+    if dino is not None:  # fused features get their own cache entries
+        settings["fusion"] = fusion_cache_settings(dino, args)
 
     def extractor(image):
         return pipeline.extract(image, **options)
+
+    extractor = fusing_extractor(extractor, dino, args)
 
     started = time.perf_counter()
     result = evaluate(

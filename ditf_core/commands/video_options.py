@@ -85,12 +85,14 @@ def plan_video(args, frame_sizes) -> VideoPlan:
     """Check the model options and the video extraction options against the model and every clip's frame size
     (width, height), before anything loads."""
     plan = plan_model(args)
-    video = video_defaults(plan.family.name, plan.family.defaults(plan.skeleton), len(plan.family.blocks(plan.skeleton)))
+    depth = len(plan.family.blocks(plan.skeleton))
+    video = video_defaults(plan.family.name, plan.family.defaults(plan.skeleton), depth)
     layer = video.layer if args.layer == DEFAULT_LAYER else args.layer
     try:
         check_layers(plan.skeleton, plan.family, [layer])
     except (ValueError, TypeError) as error:
-        raise DiTFInputError(f"--layer: {str(error).rstrip('.')}, or -1 for the video default ({video.layer})") from None
+        raise DiTFInputError(f"--layer: {str(error).rstrip('.')}, or -1 for the video default "
+                             f"({video.layer})") from None
     prompt = args.prompt if args.prompt is not None else video.prompt if plan.encodes_prompts else ""
     extraction = dict(layer=layer, t=video.t if args.t is None else args.t,
                       ensemble=video.ensemble if args.ensemble is None else args.ensemble,

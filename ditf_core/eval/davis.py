@@ -79,7 +79,8 @@ def first_annotation_size(sequence: DavisSequence) -> tuple[int, int]:
     cheap part of a sequence that can be checked before a model loads."""
     first = read_annotation(sequence.annotations[0])
     if not ((first != VOID) & (first != 0)).any():
-        raise DiTFInputError(f"sequence {sequence.name}: the first annotation {sequence.annotations[0]} marks no object")
+        raise DiTFInputError(f"sequence {sequence.name}: the first annotation {sequence.annotations[0]} marks no "
+                             "object")
     return first.shape[1], first.shape[0]
 
 
@@ -104,8 +105,9 @@ def evaluate_davis(
         if saved is not None and saved.is_file() and (masks_dir is None or _has_masks(masks_dir, sequence)):
             results.append(json.loads(saved.read_text()))
             continue
+        each = None if progress is None else (lambda d, t, n=sequence.name: progress(n, d, t))
         result = evaluate_sequence(sequence, source, settings=settings, micro_batch=micro_batch, masks_dir=masks_dir,
-                                   progress=None if progress is None else (lambda d, t, n=sequence.name: progress(n, d, t)))
+                                   progress=each)
         if saved is not None:
             write_json(saved, result)
         results.append(result)

@@ -68,7 +68,8 @@ def save_npz(data: Mapping[str, Mapping[str, np.ndarray]], path: str | Path) -> 
     if path.suffix != ".npz":
         raise DiTFInputError(f"{path}: the converted file needs the .npz suffix (numpy would add it)")
     with atomic_path(path) as temporary:
-        np.savez(temporary, **{f"{video}/{key}": np.asarray(entry[key]) for video, entry in data.items() for key in KEYS})
+        arrays = {f"{video}/{key}": np.asarray(entry[key]) for video, entry in data.items() for key in KEYS}
+        np.savez(temporary, **arrays)
     return path
 
 
