@@ -165,6 +165,16 @@ def parse_layers(text: str | None, plan: ModelPlan, option: str = "--layers") ->
     return None if text is None else check_layer_list(parse_index_list(text, option), plan, option)
 
 
+def check_distinct_stems(paths: Sequence[Path], output: str, fix: str) -> None:
+    """Outputs named after each path's name without the suffix (``output``, with ``{}`` for it) must not collide:
+    ``a.png`` and ``other/a.jpg`` would both write ``a.safetensors``. ``fix``: what to do instead."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise DiTFInputError(f"{seen[path.stem]} and {path} would both write {output.format(path.stem)}; {fix}")
+        seen[path.stem] = path
+
+
 def check_output_file(path: Path, option: str, example: str) -> None:
     """``option`` names a file this run can write (not a folder; its nearest existing folder writable)."""
     if path.is_dir():

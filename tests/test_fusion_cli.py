@@ -18,7 +18,6 @@ from ditf_core import DiTFeatures, DiTFPipeline
 from ditf_core.cli import main
 from ditf_core.matching.checks import check_pair
 from ditf_core.outputs import is_complete
-from ditf_core.samples import sample_scene
 
 DEMO = ["--demo", "--ensemble", "1", "--resolution", "128"]
 
@@ -30,19 +29,10 @@ def dino_folder(tmp_path_factory):
     return folder
 
 
-@pytest.fixture
-def scenes(tmp_path):
-    paths = []
-    for name, size in (("a", (120, 80)), ("b", (90, 90))):
-        paths.append(tmp_path / f"{name}.png")
-        sample_scene(size=size).save(paths[-1])
-    return paths
-
-
 # --- extract --dino ------------------------------------------------------------------------------------------------
-def test_extract_fuses_every_image_with_one_pca(tmp_path, scenes, dino_folder, capsys):
+def test_extract_fuses_every_image_with_one_pca(tmp_path, images, dino_folder, capsys):
     out = tmp_path / "out"
-    argv = ["extract", *map(str, scenes), "--out", str(out), *DEMO, "--dino", str(dino_folder),
+    argv = ["extract", *map(str, images), "--out", str(out), *DEMO, "--dino", str(dino_folder),
             "--dino-resolution", "56", "--dino-pca", "6"]
     assert main(argv) == 0
     assert "fused with DINOv2 32-wide: [1, 38, 5, 8] per image" in capsys.readouterr().out
@@ -54,9 +44,9 @@ def test_extract_fuses_every_image_with_one_pca(tmp_path, scenes, dino_folder, c
     assert Image.open(out / "b_pca.png").size == (90, 90)
 
 
-def test_dino_mistakes_are_refused_before_any_model_loads(tmp_path, scenes, dino_folder, capsys, monkeypatch):
+def test_dino_mistakes_are_refused_before_any_model_loads(tmp_path, images, dino_folder, capsys, monkeypatch):
     forbid_model_loading(monkeypatch)
-    extract = ["extract", scenes[0], *DEMO]
+    extract = ["extract", images[0], *DEMO]
     refused([*extract, "--dit-weight", "0.3"], capsys, "--dit-weight: only used with --dino PATH")
     refused([*extract, "--dino-pca", "4"], capsys, "--dino-pca: only used with --dino PATH")
     refused([*extract, "--dino", tmp_path / "none"], capsys, "not a transformers model folder")
@@ -115,15 +105,15 @@ def test_eval_fuses_with_dino_and_caches_fused_features_apart(tmp_path, monkeypa
 
 # --- cosegment -----------------------------------------------------------------------------------------------------
 @pytest.fixture
-def feature_files(tmp_path, scenes):
+def feature_files(tmp_path, images):
     features = tmp_path / "features"
-    assert main(["extract", *map(str, scenes), "--out", str(features), *DEMO]) == 0
+    assert main(["extract", *map(str, images), "--out", str(features), *DEMO]) == 0
     return [features / f"{name}.safetensors" for name in ("a", "b")]
 
 
-def test_cosegment_writes_what_the_readme_lists(tmp_path, scenes, feature_files, capsys):
+def test_cosegment_writes_what_the_readme_lists(tmp_path, images, feature_files, capsys):
     out = tmp_path / "segments"
-    assert main(["cosegment", *map(str, feature_files), "-k", "3", "--images", *map(str, scenes), "--out",
+    assert main(["cosegment", *map(str, feature_files), "-k", "3", "--images", *map(str, images), "--out",
                  str(out)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("2 images, 3 clusters of ")
     listed = {name.replace("<name>", stem).replace("<j>", str(j))
@@ -139,15 +129,15 @@ def test_cosegment_writes_what_the_readme_lists(tmp_path, scenes, feature_files,
     assert not (out / "b_clusters.png").exists() and "removed 5 files of the previous run" in capsys.readouterr().err
 
 
-def test_cosegment_mistakes(tmp_path, scenes, feature_files, capsys):
+def test_cosegment_mistakes(tmp_path, images, feature_files, capsys):
     a, b = feature_files
     mask = tmp_path / "mask.png"
     Image.fromarray(np.full((80, 120), 255, dtype=np.uint8)).save(mask)
     refused(["cosegment", a, b, "--foreground", mask, mask], capsys, "foreground[1] is 120x80 but must match")
     refused(["cosegment", a, "-k", "41"], capsys, "clusters=41 but there are only 40 feature cells")
     refused(["cosegment", a, "-k", "1"], capsys, "clusters must be a whole number in [2, 64]")
-    refused(["cosegment", a, b, "--images", scenes[0]], capsys, "--images gives 1 file for 2 feature files")
-    refused(["cosegment", a, b, "--images", *scenes[::-1]], capsys, "is 90x90 but its features come from a 120x80")
+    refused(["cosegment", a, b, "--images", images[0]], capsys, "--images gives 1 file for 2 feature files")
+    refused(["cosegment", a, b, "--images", *images[::-1]], capsys, "is 90x90 but its features come from a 120x80")
     text = tmp_path / "notes.png"
     text.write_text("not a picture")
     refused(["cosegment", a, "--images", text], capsys, "--images:", "notes.png is not an image PIL can read")
@@ -155,7 +145,7 @@ def test_cosegment_mistakes(tmp_path, scenes, feature_files, capsys):
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(a.read_bytes()[:100])
     refused(["cosegment", cut], capsys, "cut.safetensors is not a readable feature file")
-    refused(["cosegment", a, scenes[0]], capsys, "a.png is not a readable feature file")
+    refused(["cosegment", a, images[0]], capsys, "a.png is not a readable feature file")
     other = tmp_path / "other"
     other.mkdir()
     (other / "a.safetensors").write_bytes(a.read_bytes())

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cli_args import add_output_argument
+from ..cli_checks import check_distinct_stems
 from ..errors import DiTFInputError
 from ..features import DiTFeatures
 from ..image_files import open_image
@@ -44,7 +45,7 @@ def run(args, progress) -> int:
     from ..cosegment import cosegment
 
     features = [_load(path) for path in args.features]
-    _check_distinct_names(args.features)
+    check_distinct_stems(args.features, "{}_clusters.png", "rename one")
     images = _read_matching(args.images, args.features, "--images")
     if images is not None:
         for path, maps, image in zip(args.images, features, images):
@@ -88,16 +89,6 @@ def _load(path: Path) -> DiTFeatures:
     except Exception as error:  # safetensors raises its own SafetensorError for a damaged or truncated file
         raise DiTFInputError(f"{path} is not a readable feature file ({first_line(error)}); write it again with "
                              "`python -m ditf_core extract`") from None
-
-
-def _check_distinct_names(paths: list[Path]) -> None:
-    """Outputs are named after the feature files: two equal names would overwrite each other."""
-    seen: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in seen:
-            raise DiTFInputError(f"{seen[path.stem]} and {path} would both write {path.stem}_clusters.png; rename "
-                                 "one")
-        seen[path.stem] = path
 
 
 def _read_matching(paths, features, option: str):

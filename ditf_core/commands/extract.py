@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..cli_args import add_extract_arguments, add_model_arguments, add_output_argument, model_banner
-from ..cli_checks import check_extract_options, check_images, load_planned, plan_model
+from ..cli_checks import check_distinct_stems, check_extract_options, check_images, load_planned, plan_model
 from ..errors import DiTFInputError
 from ..outputs import OutputFolder, save_image
 from ..wording import plural
@@ -32,7 +32,7 @@ def add_command(commands) -> None:
 def run(args, progress) -> int:
     from ..visualize import pca_rgb, upsample_rgb
 
-    _check_distinct_names(args.images)
+    check_distinct_stems(args.images, "{}.safetensors", "rename one, or extract them into different --out folders")
     images = check_images(args.images)
     plan = plan_model(args)
     options = check_extract_options(args, plan, [image.size for image in images])
@@ -60,13 +60,3 @@ def run(args, progress) -> int:
     count = len(results)
     print(f"wrote {plural(count, 'feature file')} and {plural(count, 'PCA preview')} to {args.out}")
     return 0
-
-
-def _check_distinct_names(paths: list[Path]) -> None:
-    """Each image names its outputs after its file name without the suffix: two equal names would collide."""
-    seen: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in seen:
-            raise DiTFInputError(f"{seen[path.stem]} and {path} would both write {path.stem}.safetensors; rename "
-                                 "one, or extract them into different --out folders")
-        seen[path.stem] = path

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..cli_args import add_model_arguments, add_output_argument, model_banner
+from ..cli_args import model_banner
 from ..cli_checks import load_planned
 from ..errors import DiTFInputError
 from ..images import tensor_to_pil
@@ -22,9 +22,8 @@ from ..outputs import OutputFolder, save_image
 from ..video import label_map_image, overlay_labels, propagate_clip
 from ..wording import plural
 from .video_options import (
-    FRAMES_HELP,
+    add_clip_arguments,
     add_propagation_arguments,
-    add_video_extract_arguments,
     open_frames,
     plan_video,
     propagation_settings,
@@ -37,13 +36,10 @@ NAME = "propagate"
 def add_command(commands) -> None:
     parser = commands.add_parser(NAME, help="propagate a first-frame mask through a folder of frames",
                                  description=__doc__)
-    parser.add_argument("frames", type=Path, help=FRAMES_HELP)
+    add_clip_arguments(parser, "ditf_propagate")
     parser.add_argument("--mask", type=Path, required=True, help="mask of the first frame (indexed PNG or image)")
     parser.add_argument("--keyframe", action="append", default=[], metavar="N:MASK",
                         help="restart from this mask at frame N (repeatable)")
-    add_output_argument(parser, "ditf_propagate")
-    add_model_arguments(parser)
-    add_video_extract_arguments(parser)
     add_propagation_arguments(parser)
     parser.set_defaults(run=run)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli_args import add_model_arguments, add_output_argument, model_banner
+from ..cli_args import model_banner
 from ..cli_checks import load_planned
 from ..errors import DiTFInputError
 from ..images import tensor_to_pil
@@ -22,9 +22,8 @@ from ..outputs import OutputFolder, save_image, write_json
 from ..video import draw_tracks, track_clip
 from ..wording import plural
 from .video_options import (
-    FRAMES_HELP,
+    add_clip_arguments,
     add_track_arguments,
-    add_video_extract_arguments,
     open_frames,
     plan_video,
     track_settings,
@@ -37,12 +36,9 @@ TRAIL = 8  # frames of history drawn behind each point
 def add_command(commands) -> None:
     parser = commands.add_parser(NAME, help="track points of the first frame through a folder of frames",
                                  description=__doc__)
-    parser.add_argument("frames", type=Path, help=FRAMES_HELP)
+    add_clip_arguments(parser, "ditf_track")
     parser.add_argument("--points", required=True, help='points on the first frame: \'[{"x": 120, "y": 80}]\' or a '
                         ".json file holding that")
-    add_output_argument(parser, "ditf_track")
-    add_model_arguments(parser)
-    add_video_extract_arguments(parser)
     add_track_arguments(parser)
     parser.set_defaults(run=run)
 

@@ -17,15 +17,21 @@ import numpy as np
 import torch
 
 from ..capture import check_layers
-from ..cli_args import DEFAULT_LAYER
-from ..cli_checks import ModelPlan, check_extract_options, plan_model
+from ..cli_args import DEFAULT_LAYER, add_model_arguments, add_output_argument
+from ..cli_checks import ModelPlan, check_distinct_stems, check_extract_options, plan_model
 from ..errors import DiTFInputError
 from ..image_files import open_image
 from ..video import FrameFolder, PropagationSettings, TrackSettings, pipeline_source, video_defaults
 from ..video.stream import FeatureSource
 from ..wording import plural
 
-FRAMES_HELP = "folder of frames (name order) or an animated GIF/WebP/PNG"
+def add_clip_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """What ``propagate`` and ``track`` share: FRAMES, ``--out`` (default ``out``), the model and the video
+    extraction options."""
+    parser.add_argument("frames", type=Path, help="folder of frames (name order) or an animated GIF/WebP/PNG")
+    add_output_argument(parser, out)
+    add_model_arguments(parser)
+    add_video_extract_arguments(parser)
 
 
 def add_video_extract_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,12 +127,8 @@ def open_frames(path: Path) -> FrameFolder:
     elif not path.is_dir():
         raise DiTFInputError(f"FRAMES {path} does not exist; give a folder of frames or an animated GIF/WebP/PNG")
     frames = FrameFolder(path)
-    names: dict[str, Path] = {}
+    check_distinct_stems(frames.files, "{}.png", "keep one frame per name")
     for file in frames.files:
-        if file.stem in names:
-            raise DiTFInputError(f"{names[file.stem].name} and {file.name} in {path} would both write "
-                                 f"{file.stem}.png; keep one frame per name")
-        names[file.stem] = file
         size = open_image(file).size
         if size != frames.size:
             raise DiTFInputError(f"{file} is {size[0]}x{size[1]} but the first frame is "
