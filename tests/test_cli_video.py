@@ -137,7 +137,9 @@ def test_eval_davis_writes_results_resumes_from_the_cache_and_recomputes_new_set
 
 def test_eval_tapvid_writes_results(tmp_path, capsys):
     path = tmp_path / "tapvid_davis.pkl"
-    path.write_bytes(pickle.dumps(tapvid_dataset()))
+    squares = tapvid_dataset()["squares"]  # its first 4 frames: the command's plumbing, not the tracker, is tested
+    path.write_bytes(pickle.dumps({"squares": {"video": squares["video"][:4], "points": squares["points"][:, :4],
+                                               "occluded": squares["occluded"][:, :4]}}))
     out = tmp_path / "tapvid"
     assert cli(["eval", "tapvid", str(path), *FAST, "--quiet", "--output", str(out)]) == 0
     assert "AJ" in capsys.readouterr().out
