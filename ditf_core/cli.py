@@ -29,10 +29,10 @@ from __future__ import annotations
 import sys
 
 from .cli_args import ArgumentParser, Progress
-from .commands import demo, evaluate, extract, inspect
+from .commands import cosegment, demo, evaluate, extract, inspect, propagate, track
 from .errors import DiTFInputError
 
-COMMANDS = (extract, inspect, demo, evaluate)
+COMMANDS = (extract, inspect, demo, evaluate, propagate, track, cosegment)
 USER_ERRORS = (DiTFInputError, ValueError, TypeError, OSError)
 INTERRUPTED = "interrupted: stopped before finishing; nothing half-written is left, an output folder keeps what it held"
 

@@ -10,6 +10,7 @@ the option. :func:`load_planned` then does the slow part.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,31 @@ def parse_layers(text: str | None, plan: ModelPlan, option: str = "--layers") ->
     return None if text is None else check_layer_list(parse_index_list(text, option), plan, option)
 
 
+def check_distinct_stems(paths: Sequence[Path], output: str, fix: str) -> None:
+    """Outputs named after each path's name without the suffix (``output``, with ``{}`` for it) must not collide:
+    ``a.png`` and ``other/a.jpg`` would both write ``a.safetensors``. ``fix``: what to do instead."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise DiTFInputError(f"{seen[path.stem]} and {path} would both write {output.format(path.stem)}; {fix}")
+        seen[path.stem] = path
+
+
+def check_output_file(path: Path, option: str, example: str) -> None:
+    """``option`` names a file this run can write (not a folder; its nearest existing folder writable)."""
+    if path.is_dir():
+        raise DiTFInputError(f"{option} {path} is a folder; give a file name like {example}")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DiTFInputError(f"{option} {path}: cannot write there; give a file in a folder you can write to")
+
+
+def check_folder_option(path: Path, option: str, alternative: str = "") -> None:
+    """``option`` names a folder, or nothing yet (then it is created), not a file."""
+    if path.exists() and not path.is_dir():
+        raise DiTFInputError(f"{option} {path} is a file, not a folder; give a folder{' ' + alternative if alternative else ''}")
+
+
 def load_planned(plan: ModelPlan) -> DiTFPipeline:
     """The slow part: read the weights of the planned model (or build the demo DiT)."""
     if plan.files is None:
@@ -176,7 +202,7 @@ def load_planned(plan: ModelPlan) -> DiTFPipeline:
 
 
 def _check_prompt(args, plan: ModelPlan) -> None:
-    if not args.prompt.strip() or plan.encodes_prompts:
+    if not (args.prompt or "").strip() or plan.encodes_prompts:  # None: the command picks its default prompt
         return
     if plan.text_embeds is not None:
         reason = "--text-embeds gives fixed precomputed conditioning, whatever the prompt"

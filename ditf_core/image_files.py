@@ -21,8 +21,9 @@ from .wording import first_line
 MAX_IMAGE_PIXELS = 64_000_000
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """The image at ``path``, fully decoded, as RGB (alpha dropped, grey repeated)."""
+def open_image(path: str | Path, mode: str | None = "RGB") -> Image.Image:
+    """The image at ``path``, fully decoded, in ``mode`` (default RGB: alpha dropped, grey repeated; None keeps the
+    file's own mode, e.g. the palette indices of an indexed PNG)."""
     path = Path(path)
     if not path.is_file():
         raise DiTFInputError(f"no image file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
@@ -32,7 +33,7 @@ def open_image(path: str | Path) -> Image.Image:
             with Image.open(path) as image:
                 check_pixel_count(image.size, path)
                 image.load()
-                return image.convert("RGB")
+                return image.convert(mode) if mode else image.copy()
     except DiTFInputError:  # our own pixel cap (a ValueError: not to be taken for a decoding error below)
         raise
     except Image.DecompressionBombError:

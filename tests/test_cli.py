@@ -16,20 +16,10 @@ from PIL import Image
 from ditf_core import DiTFeatures, DiTFPipeline
 from ditf_core.cli import INTERRUPTED, main
 from ditf_core.outputs import MARKER, is_complete
-from ditf_core.samples import sample_scene
 
 FAST = ["--ensemble", "2", "--resolution", "128"]
 DEMO = ["--demo", *FAST]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def images(tmp_path):
-    paths = []
-    for name, size in (("a", (120, 80)), ("b", (90, 90))):
-        paths.append(tmp_path / f"{name}.png")
-        sample_scene(size=size).save(paths[-1])
-    return paths
 
 
 @pytest.fixture

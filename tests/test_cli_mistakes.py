@@ -12,10 +12,10 @@ import shutil
 
 import pytest
 import torch
+from cli_helpers import forbid_model_loading, refused
 from PIL import Image
 from safetensors.torch import save_file
 
-from ditf_core import DiTFPipeline
 from ditf_core.cli import build_parser, main
 from ditf_core.cli_args import extract_kwargs
 from ditf_core.demo_model import build_tiny_flux, build_tiny_sd3, build_tiny_vae
@@ -27,12 +27,7 @@ DEMO = ["--demo", "--ensemble", "1", "--resolution", "64"]
 @pytest.fixture(autouse=True)
 def no_model_load(monkeypatch):
     """Loading a model fails the test: every mistake here must be caught before."""
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("a model was loaded before the mistake was reported")
-
-    monkeypatch.setattr(DiTFPipeline, "demo", classmethod(loaded))
-    monkeypatch.setattr(DiTFPipeline, "from_files", classmethod(loaded))
+    forbid_model_loading(monkeypatch)
 
 
 @pytest.fixture
@@ -58,17 +53,6 @@ def model_files(tmp_path_factory):
     vae.save_pretrained(sd3 / "vae")
     (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
     return root
-
-
-def refused(argv, capsys, *expected: str) -> str:
-    """Run the CLI, check exit code 2 and a single ``error:`` line containing every ``expected`` text."""
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 def damaged(path, tmp_path, content: bytes | None = None):

@@ -1,38 +1,54 @@
-"""``python -m ditf_core eval DATASET ROOT (--model PATH | --demo) [...]`` (also ``python -m ditf_core.eval``): PCK
-of DiTF keypoint transfer on SPair-71k, PF-PASCAL and AP-10K.
+"""``python -m ditf_core eval BENCHMARK ...`` (also ``python -m ditf_core.eval BENCHMARK ...``): DiTF on benchmarks
+you downloaded. ``spair``, ``pfpascal``, ``ap10k``: PCK of DiTF keypoint transfer on SPair-71k, PF-PASCAL and
+AP-10K; ``davis``: J&F of label propagation on DAVIS-2017; ``tapvid``: point tracking on TAP-Vid-DAVIS (see
+:mod:`ditf_core.commands.evaluate_video`). ``python -m ditf_core eval BENCHMARK --help`` lists each one's options.
 
-Prints a per-category table (percent) and writes the full result as JSON (``--output``). Features are cached per
-image under ``--cache`` (default ``.ditf_cache/eval``), so an interrupted run resumes where it stopped. Matching
-defaults to "exact", the paper protocol; ``--match fast`` is the feature-resolution variant.
+PCK: prints a per-category table (percent) and writes the full result as JSON (``--output``). Features are cached
+per image under ``--cache`` (default ``.ditf_cache/eval``), so an interrupted run resumes where it stopped.
+Matching defaults to "exact", the paper protocol; ``--match fast`` is the feature-resolution variant. ``--dino
+PATH`` fuses the features with a local DINOv2 (the paper's dagger setting; fused features are cached apart).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
 from ..cli_args import add_extract_arguments, add_model_arguments, model_banner
-from ..cli_checks import check_extract_options, load_planned, plan_model
+from ..cli_checks import check_extract_options, check_folder_option, check_output_file, load_planned, plan_model
 from ..errors import DiTFInputError
 from ..outputs import write_json
 from ..wording import plural
+from .dino_options import add_dino_arguments, check_dino_options, fusing_extractor, fusion_cache_settings, load_dino
+from .evaluate_video import add_video_benchmarks
 
 NAME = "eval"
+PCK_BENCHMARKS = {"spair": ("SPair-71k", "SPair-71k folder"), "pfpascal": ("PF-PASCAL", "PF-dataset-PASCAL folder"),
+                  "ap10k": ("AP-10K", "ap-10k folder")}
 
 
 def add_command(commands) -> None:
-    from ..eval.datasets import READERS
+    parser = commands.add_parser(NAME, help="benchmarks: PCK on SPair-71k, PF-PASCAL, AP-10K; J&F on DAVIS-2017; "
+                                            "TAP-Vid-DAVIS (datasets you downloaded)", description=__doc__)
+    benchmarks = parser.add_subparsers(required=True, metavar="BENCHMARK")
+    for dataset, (title, folder) in PCK_BENCHMARKS.items():
+        add_pck_benchmark(benchmarks, dataset, title, folder)
+    add_video_benchmarks(benchmarks)
+
+
+def add_pck_benchmark(benchmarks, dataset: str, title: str, folder: str) -> None:
+    """``eval <dataset> ROOT ...``: PCK on one semantic-correspondence benchmark (layouts: ditf_core.eval.datasets)."""
     from ..eval.pck import ALPHAS
 
-    parser = commands.add_parser(NAME, help="PCK on SPair-71k, PF-PASCAL or AP-10K (a dataset you downloaded)",
-                                 description=__doc__)
-    parser.add_argument("dataset", choices=sorted(READERS), help="benchmark layout (see ditf_core.eval.datasets)")
-    parser.add_argument("root", type=Path, help="dataset folder (SPair-71k, PF-dataset-PASCAL or ap-10k)")
+    parser = benchmarks.add_parser(dataset, help=f"PCK of keypoint transfer on {title}",
+                                   description=f"PCK of DiTF keypoint transfer on {title} (layout: see "
+                                               "ditf_core.eval.datasets)")
+    parser.add_argument("root", type=Path, help=f"dataset folder ({folder})")
     parser.add_argument("--split", default="test", help="annotation split (default test)")
     add_model_arguments(parser)
     add_extract_arguments(parser)
+    add_dino_arguments(parser, pca=False)  # per-image features are cached: no PCA fitted per pair
     group = parser.add_argument_group("evaluation")
     group.add_argument("--match", choices=["exact", "fast"], default="exact", help="matching (default exact)")
     group.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS), help="PCK alphas")
@@ -43,7 +59,7 @@ def add_command(commands) -> None:
     group.add_argument("--output", type=Path, help="write the full result as JSON to this file")
     group.add_argument("--predictions", action="store_true", help="include predicted points in the JSON")
     group.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, dataset=dataset)
 
 
 def run(args, progress) -> int:
@@ -53,7 +69,10 @@ def run(args, progress) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise DiTFInputError(f"--limit must be a positive number of pairs, got {args.limit}")
-    _check_output_paths(args)
+    if args.output is not None:
+        check_output_file(args.output, "--output", "result.json")
+    if not args.no_cache:
+        check_folder_option(args.cache, "--cache", "or --no-cache")
     pairs = READERS[args.dataset](args.root, args.split)
     if args.category:
         pairs = [p for p in pairs if p.category in set(args.category)]
@@ -63,13 +82,19 @@ def run(args, progress) -> int:
     pairs = pairs[: args.limit]
     plan = plan_model(args)
     options = check_extract_options(args, plan, [])
+    check_dino_options(args, plan, [])
 
     pipeline = load_planned(plan)
+    dino = load_dino(args, pipeline)
     print(model_banner(pipeline), file=sys.stderr)
     settings = cache_settings(pipeline, args, options)
+    if dino is not None:  # fused features get their own cache entries
+        settings["fusion"] = fusion_cache_settings(dino, args)
 
     def extractor(image):
         return pipeline.extract(image, **options)
+
+    extractor = fusing_extractor(extractor, dino, args)
 
     started = time.perf_counter()
     result = evaluate(
@@ -103,16 +128,3 @@ def cache_settings(pipeline, args, options: dict) -> dict:
         "dtype": str(pipeline.dtype),
         "extract": {**resolved.__dict__, "discard": options["discard"]},
     }
-
-
-def _check_output_paths(args) -> None:
-    """--output a writable file path (not a folder), --cache a folder (not a file)."""
-    if args.output is not None:
-        if args.output.is_dir():
-            raise DiTFInputError(f"--output {args.output} is a folder; give a file name like result.json")
-        parent = next((p for p in args.output.absolute().parents if p.exists()), None)
-        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise DiTFInputError(f"--output {args.output}: cannot write there; give a file in a folder you can "
-                                 "write to")
-    if not args.no_cache and args.cache.exists() and not args.cache.is_dir():
-        raise DiTFInputError(f"--cache {args.cache} is a file, not a folder; give a folder or --no-cache")
