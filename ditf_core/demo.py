@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .demo_match import run_match_demo
 from .pipeline import MODE_HELP, MODES
+from .transport.demo import run_ma_demo
 from .visualize import labelled_grid, pca_rgb, upsample_rgb
 
 
@@ -66,6 +67,7 @@ def run_demo_pipeline(pipeline, out: Path, extract_kwargs: dict, progress=None) 
         f"discarded in mode ditf: {list(ditf.discarded) or 'none'}",
         inspection.summary(),
         *match_lines,
+        *run_ma_demo(out / "massive_activations"),
         "  time: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in timings.items()),
         f"  wrote to {out}/: scene_a.png scene_b.png features_[ab].safetensors pca_modes.png matches.png warps.png "
         "summary.json, and inspect/ (report.json, " + ", ".join(f"{n}.png" for n in inspection.figures) + ")",

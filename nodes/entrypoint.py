@@ -8,11 +8,14 @@ from typing_extensions import override
 from .nodes_extract import ExtractFeatures
 from .nodes_inspect import MassiveActivationInspector
 from .nodes_load import LoadDiffusersDiT, LoadDiT
+from .nodes_ma_mask import MassiveActivationMask
+from .nodes_ma_patch import DetailGuidance, MassiveActivationDisruption, MassiveActivationTransport
 from .nodes_match import CorrespondenceMatch
 from .nodes_warp import WarpAppearanceTransfer
 
 NODES: list[type[io.ComfyNode]] = [
     LoadDiT, LoadDiffusersDiT, ExtractFeatures, CorrespondenceMatch, WarpAppearanceTransfer, MassiveActivationInspector,
+    MassiveActivationTransport, MassiveActivationDisruption, DetailGuidance, MassiveActivationMask,
 ]
 
 
