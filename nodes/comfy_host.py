@@ -338,7 +338,8 @@ def options_with_block_patch(model_options: dict, key: tuple[str, int], patch) -
     """A copy of ``model_options`` with ``patch`` on the block of patch ``key``, chained like :func:`add_block_patch`
     (for the extra passes of guidance functions, which patch only their own copy, as SkipLayerGuidanceDiT does)."""
     existing = model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {}).get(key)
-    return comfy.model_patcher.set_model_options_patch_replace(dict(model_options), _chain(patch, existing), "dit", *key)
+    chained = _chain(patch, existing)
+    return comfy.model_patcher.set_model_options_patch_replace(dict(model_options), chained, "dit", *key)
 
 
 def _chain(patch, existing):

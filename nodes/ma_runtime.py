@@ -21,7 +21,7 @@ the transported conditional one, and the negative prompt keeps its meaning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -75,7 +75,6 @@ class TransportRun:
 
     source: SourceTrajectory | NoisedReference
     conditioning: dict[str, torch.Tensor] | None
-    passes: int = field(default=0)
 
 
 # --- layout ---------------------------------------------------------------------------------------------------
@@ -189,55 +188,57 @@ def _check_call(run: TransportRun, x: torch.Tensor, rows: int, chunks: int) -> N
 def _source_passes(executor, adapter, run, x, t, calls, options, kinds, mirror, rows, latent, stash, deepest):
     """Run the source mirror of a call; returns {chunk index: denoised rows [B, ...] or None (pass stopped early)}.
 
-    One pass when the source conditioning fits the call's tensors, else one pass per chunk."""
+    One pass when the source conditioning fits the call's tensors (then a source equal to the target computes
+    exactly what the target computes), else one pass per chunk."""
     conditioning = run.conditioning or {}
-    fits = all(calls.get(name) is None or calls[name].shape[1:] == value.shape[1:]
+    fits = all(calls.get(name) is None or (isinstance(calls[name], torch.Tensor)
+                                           and calls[name].shape[1:] == value.shape[1:])
                for name, value in conditioning.items())
-    groups = [mirror] if fits else [[j] for j in mirror]
     conditional = [j for j, kind in enumerate(kinds) if kind == COND]
     outputs: dict[int, torch.Tensor | None] = {}
-    for group in groups:
-        picked = torch.cat([torch.arange(j * rows, (j + 1) * rows) for j in group])
-        args = {}
-        for name, value in calls.items():
-            args[name] = _rows(name, value, picked, x.shape[0], len(group) == len(kinds))
-        for position, j in enumerate(group):
-            if kinds[j] != COND:
-                continue
-            for name, value in conditioning.items():
-                if name not in args or args[name] is None:
-                    continue
-                if len(group) == 1:
-                    args[name] = value.to(args[name].device, args[name].dtype)
-                else:
-                    args[name] = args[name].clone()
-                    args[name][position * rows : (position + 1) * rows] = value.to(args[name].device, args[name].dtype)
+    for group in [mirror] if fits else [[j] for j in mirror]:
+        args = _mirror_arguments(calls, conditioning, group, kinds, rows, x.shape[0])
         keep = [(position, j) for position, j in enumerate(group) if kinds[j] == COND]
-        state = None
+        pass_options = {**options, "cond_or_uncond": [kinds[j] for j in group],
+                        "uuids": [options.get("uuids", [None] * len(kinds))[j] for j in group]}
+        pass_options.pop(PASS_KEY, None)
         if stash is not None and keep:
             local = torch.cat([torch.arange(p * rows, (p + 1) * rows) for p, _ in keep])
             into = torch.cat([torch.arange(conditional.index(j) * rows, (conditional.index(j) + 1) * rows)
                               for _, j in keep])
-            state = SourcePass(stash, local, into, len(conditional) * rows,
-                               None if run.source.needs_predictions else deepest)
+            pass_options[PASS_KEY] = SourcePass(stash, local, into, len(conditional) * rows,
+                                                None if run.source.needs_predictions else deepest)
         source_x = latent.repeat(len(group), *([1] * (latent.ndim - 1)))
-        source_t = t[: len(group) * rows]
         c_concat, c_crossattn = args.pop("c_concat", None), args.pop("c_crossattn", None)
-        layout = adapter.token_layout(source_x, c_crossattn, t)
-        pass_options = {**options, "cond_or_uncond": [kinds[j] for j in group], LAYOUT_KEY: layout,
-                        "uuids": [options.get("uuids", [None] * len(kinds))[j] for j in group]}
-        if state is not None:
-            pass_options[PASS_KEY] = state
-        else:
-            pass_options.pop(PASS_KEY, None)
-        run.passes += 1
+        pass_options[LAYOUT_KEY] = adapter.token_layout(source_x, c_crossattn, t)
         try:
-            denoised = executor(source_x, source_t, c_concat, c_crossattn, None, pass_options, **args)
+            denoised = executor(source_x, t[: len(group) * rows], c_concat, c_crossattn, None, pass_options, **args)
         except SourceCaptured:
             denoised = None
         for position, j in enumerate(group):
             outputs[j] = None if denoised is None else denoised[position * rows : (position + 1) * rows]
     return outputs
+
+
+def _mirror_arguments(calls: dict, conditioning: dict, group: list[int], kinds: list[int], rows: int,
+                      total: int) -> dict:
+    """The model-call arguments of the source pass over chunks ``group``: the call's own rows of those chunks, with
+    the source conditioning in the conditional ones."""
+    picked = torch.cat([torch.arange(j * rows, (j + 1) * rows) for j in group])
+    args = {name: _rows(name, value, picked, total, len(group) == len(kinds)) for name, value in calls.items()}
+    for position, j in enumerate(group):
+        if kinds[j] != COND:
+            continue
+        for name, value in conditioning.items():
+            if args.get(name) is None:
+                continue
+            value = value.to(args[name].device, args[name].dtype)
+            if len(group) == 1:
+                args[name] = value
+            else:
+                args[name] = args[name].clone()
+                args[name][position * rows : (position + 1) * rows] = value
+    return args
 
 
 def _rows(name: str, value, picked: torch.Tensor, total_rows: int, all_chunks: bool):

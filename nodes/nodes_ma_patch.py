@@ -144,8 +144,9 @@ class MassiveActivationTransport(io.ComfyNode):
         for layer in layers:
             comfy_host.add_block_patch(target, layer, ma_runtime.transport_patch(
                 target.adapter, target.shape.structure, layer, spec, user_mask))
+        sigmas = comfy_host.sigma_window(target, *window)
         comfy_host.add_model_wrapper(target, "apply_model", ma_runtime.TRANSPORT_WRAPPER,
-                                     ma_runtime.transport_wrapper(target.adapter, layers, comfy_host.sigma_window(target, *window)))
+                                     ma_runtime.transport_wrapper(target.adapter, layers, sigmas))
         comfy_host.add_run_state(target, ma_runtime.TRANSPORT_WRAPPER, ma_runtime.RUN_KEY, _run_factory(
             source_conditioning, reference, seed))
         return io.NodeOutput(target.clone)
@@ -247,8 +248,8 @@ class DetailGuidance(io.ComfyNode):
         if layer == -1:
             layer = target.adapter.core.defaults(target.shape.structure).layer
         if layer >= target.depth:
-            raise ValueError(f"layer {layer} is out of range for this {target.adapter.core.label}: use 0..{target.depth - 1} "
-                             "or -1 for the default")
+            raise ValueError(f"layer {layer} is out of range for this {target.adapter.core.label}: use "
+                             f"0..{target.depth - 1} or -1 for the default")
         weight = check_float("weight", weight, *WEIGHT_RANGE)
         fixed = _parse_channels(channels)
         if fixed is not None and max(fixed, default=0) >= target.shape.hidden_size:

@@ -149,7 +149,7 @@ def test_hooks_are_removed_after_errors_and_interrupts(dit, prompts):
     for error in (RuntimeError("boom"), KeyboardInterrupt()):
         with pytest.raises(type(error)):
             with massive_activations(dit, **patches):
-                assert hook_count(dit) == 1 + 1 + 2 + 2  # three block patches... and the two transformer hooks
+                assert hook_count(dit) == 1 + 1 + 2 + 2  # blocks: 1 disrupted, 1 perturbed, 2 transported; + 2 on the model
                 raise error
         assert hook_count(dit) == 0
     with pytest.raises(ValueError, match="block 9 is out of range .* 0..5"):

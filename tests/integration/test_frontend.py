@@ -49,7 +49,7 @@ QUEUE_AND_WAIT = r"""async (workflow) => {
     if (entry && ["success", "error"].includes(entry.status?.status_str)) {
       await new Promise((resolve) => setTimeout(resolve, 500));  // let the UI draw the previews
       const extract = app.graph.nodes.find((node) => node.type === "DiTFExtractFeatures");
-      return { entry, previews: app.nodeOutputs?.[String(extract.id)]?.images?.length ?? 0 };
+      return { entry, previews: extract ? app.nodeOutputs?.[String(extract.id)]?.images?.length ?? 0 : 0 };
     }
   }
   throw new Error("the queued workflow did not finish in 150 s");

@@ -11,9 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from browser_harness import run_steps, unavailable
+from browser_harness import run_steps
 from live_server import messages, succeeded
-from test_frontend import LOAD_AND_CONVERT, queue_held, substitute, substitute_api, unexpected
+from test_frontend import (  # noqa: F401  (frontend: the shared browser fixture)
+    LOAD_AND_CONVERT,
+    QUEUE_AND_WAIT,
+    frontend,
+    queue_held,
+    substitute,
+    substitute_api,
+    unexpected,
+)
 
 pytestmark = pytest.mark.comfyui
 
@@ -24,30 +32,6 @@ EXAMPLES = {
     "ditf_ma_detail_guidance": {"DiTFDetailGuidance"},
     "ditf_ma_mask": {"DiTFLoadDiT", "DiTFMassiveActivationMask"},
 }
-
-QUEUE_AND_WAIT = r"""async (workflow) => {
-  const history = async () => (await fetch("/history")).json();
-  const before = new Set(Object.keys(await history()));
-  await app.loadGraphData(workflow);
-  await app.queuePrompt(0, 1);
-  for (let i = 0; i < 800; i++) {
-    await new Promise((resolve) => setTimeout(resolve, 250));
-    const all = await history();
-    const fresh = Object.keys(all).filter((id) => !before.has(id));
-    const entry = fresh.length ? all[fresh[0]] : null;
-    if (entry && ["success", "error"].includes(entry.status?.status_str)) return { entry };
-  }
-  throw new Error("the queued workflow did not finish in 200 s");
-}"""
-
-
-@pytest.fixture(scope="module")
-def frontend(server):
-    reason = unavailable()
-    if reason:
-        pytest.skip(f"browser check skipped: {reason}")
-    server.post("/settings/Comfy.TutorialCompleted", True)
-    return server
 
 
 def test_the_examples_exist_with_thumbnails_and_use_our_nodes():
@@ -86,7 +70,7 @@ def test_detail_guidance_example_runs_from_the_browser_queue(frontend):
         if node["type"] == "KSampler":
             node["widgets_values"][2] = 2
     started = time.monotonic()
-    result = run_steps(frontend.url, [{"eval": QUEUE_AND_WAIT, "arg": workflow}], timeout=240)
+    result = run_steps(frontend.url, [{"eval": QUEUE_AND_WAIT, "arg": workflow}], timeout=200)
     assert unexpected(result["errors"]) == []
     entry = result["results"][0]["entry"]
     assert succeeded(entry), messages(entry, "execution_error")
