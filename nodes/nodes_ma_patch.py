@@ -120,26 +120,13 @@ class MassiveActivationTransport(io.ComfyNode):
         spec = Transport(check_top_k(top_k, target.shape.hidden_size), check_strength(strength), check_mask_mode(mask))
         check_int("seed", seed, 0, MAX_SEED)
         user_mask = _check_spatial_mask(spatial_mask, mask)
-        if source_conditioning is None and source_image is None:
-            raise ValueError("connect a source: source_conditioning (a prompt to interpolate from) or source_image "
-                             "(a reference image, with vae)")
-        if source_conditioning is not None:
-            shape = target.shape
-            try:
-                parse_conditioning(source_conditioning, shape.context_dim, shape.pooled_dim, target.adapter.core.label)
-            except (TypeError, ValueError) as error:
-                raise type(error)(f"source_conditioning: {error}") from None
-        reference = None
-        if source_image is not None:
-            if vae is None:
-                raise ValueError("source_image needs the model's VAE: connect vae")
-            image_batch(source_image)  # the IMAGE checks (shape, range, NaN) by name
-            reference = comfy_host.encode_image(vae, source_image, target)
+        _check_source(target, source_conditioning, source_image, vae)
         if comfy_host.has_model_wrapper(target, "apply_model", ma_runtime.TRANSPORT_WRAPPER):
-            raise ValueError("this MODEL already carries a Massive-Activation Transport; chain one transport per "
-                             "MODEL (apply the second to the MODEL before the first)")
+            raise ValueError("this MODEL already carries a Massive-Activation Transport: use one transport node per "
+                             "MODEL chain (several sources at once are not supported)")
         if spec.strength == 0 or not layers:
             return io.NodeOutput(target.clone)  # nothing moves: the plain clone, and no source is run
+        reference = None if source_image is None else comfy_host.encode_image(vae, source_image, target)
         _with_layout(target)
         for layer in layers:
             comfy_host.add_block_patch(target, layer, ma_runtime.transport_patch(
@@ -286,6 +273,23 @@ def _check_common(start_percent, end_percent, blocks) -> None:
                 check_float(name, value, 0.0, 1.0)
     if blocks is not None:
         parse_blocks(blocks, 10**6)  # the syntax; the range needs the model (checked when it runs)
+
+
+def _check_source(target, conditioning, image, vae) -> None:
+    """A source is connected and usable: a CONDITIONING of this model's widths, an IMAGE with a VAE."""
+    if conditioning is None and image is None:
+        raise ValueError("connect a source: source_conditioning (a prompt to interpolate from) or source_image "
+                         "(a reference image, with vae)")
+    if conditioning is not None:
+        shape = target.shape
+        try:
+            parse_conditioning(conditioning, shape.context_dim, shape.pooled_dim, target.adapter.core.label)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"source_conditioning: {error}") from None
+    if image is not None:
+        if vae is None:
+            raise ValueError("source_image needs the model's VAE: connect vae")
+        image_batch(image)  # the IMAGE checks (shape, range, NaN), by name
 
 
 def _check_spatial_mask(spatial_mask, mode: str):
