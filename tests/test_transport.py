@@ -73,6 +73,8 @@ def test_disrupt_zeroes_exactly_those_channels_per_row():
     assert torch.equal(out[0][:, keep], hidden[0][:, keep]) and torch.equal(out[1][:, 3], hidden[1][:, 3])
     assert torch.equal(disrupt(hidden, torch.tensor([4])), disrupt(hidden, torch.tensor([[4], [4]])))
     assert hidden[0, 0, 3] != 0  # the input is not changed
+    with pytest.raises(ValueError, match="channels must be integers in 0..31, got \\[40\\]"):
+        disrupt(hidden, [3, 40])  # a user's list is checked (computed index tensors are trusted)
 
 
 @pytest.mark.parametrize("bad, message", [(0, "top_k must be in 1..32"), (33, "top_k must be in 1..32"),

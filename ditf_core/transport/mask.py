@@ -3,8 +3,9 @@
 Following the paper: restrict each token to the k MA channels, min-max normalise every channel over the tokens,
 cluster the tokens into two groups, and call foreground the cluster whose tokens have the larger mean of the summed
 normalised channels. Our choices (the paper gives none): deterministic seeding - the centroids start at the tokens
-with the smallest and the largest summed value, so no random numbers are drawn - and at most ``iterations`` Lloyd
-steps (stopping early once no token changes cluster). Torch only, batched over rows.
+with the smallest and the largest summed value, so no random numbers are drawn - and a fixed number of Lloyd steps
+(two clusters from extreme seeds settle in a few; a fixed count never waits for the GPU to report convergence, which
+matters because transport runs this once per block and step). Torch only, batched over rows.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from .ops import _check_hidden, massive_channels
 
-KMEANS_ITERATIONS = 25
+KMEANS_ITERATIONS = 10
 
 
 def ma_mask(hidden: torch.Tensor, channels: torch.Tensor | None = None, *, top_k: int = 12,
@@ -43,43 +44,32 @@ def kmeans_foreground(features: torch.Tensor, *, iterations: int = KMEANS_ITERAT
     """Two-cluster K-means of tokens [B, N, k] (normalised); returns [B, N] float32, 1 on the foreground cluster.
 
     Foreground: the cluster with the larger mean of the summed features. A row whose tokens are all equal has no
-    foreground (all zeros).
+    foreground (all zeros). Written for two clusters (squared distances, masked means) and without host
+    synchronisation: it runs once per block and step during transport.
     """
     if features.ndim != 3:
         raise ValueError(f"features must be [B, N, k], got {list(features.shape)}")
+    tokens = features.shape[1]
     summed = features.sum(dim=2)  # [B, N]
     rows = torch.arange(features.shape[0], device=features.device)
-    centroids = torch.stack([features[rows, summed.argmin(dim=1)], features[rows, summed.argmax(dim=1)]], dim=1)
-    assignment = _assign(features, centroids)
-    for _ in range(iterations):
-        centroids = _update(features, assignment, centroids)
-        updated = _assign(features, centroids)
-        if torch.equal(updated, assignment):
+    low, high = features[rows, summed.argmin(dim=1)], features[rows, summed.argmax(dim=1)]  # centroids [B, k]
+    for step in range(iterations + 1):
+        # nearest centroid; a tie goes to the low one
+        assignment = (features - high[:, None]).square().sum(dim=2) < (features - low[:, None]).square().sum(dim=2)
+        if step == iterations:
             break
-        assignment = updated
+        weight = assignment.to(features.dtype)[:, :, None]
+        in_high = weight.sum(dim=1)  # [B, 1]
+        in_low = tokens - in_high
+        high = torch.where(in_high > 0, (features * weight).sum(dim=1) / in_high.clamp_min(1.0), high)
+        low = torch.where(in_low > 0, (features * (1.0 - weight)).sum(dim=1) / in_low.clamp_min(1.0), low)
     one = assignment.to(torch.float32)
     count = one.sum(dim=1)
     mean_in = (summed * one).sum(dim=1) / count.clamp_min(1.0)
-    mean_out = (summed * (1.0 - one)).sum(dim=1) / (features.shape[1] - count).clamp_min(1.0)
-    foreground_is_one = mean_in > mean_out
-    mask = torch.where(foreground_is_one[:, None], one, 1.0 - one)
-    degenerate = (count == 0) | (count == features.shape[1])
+    mean_out = (summed * (1.0 - one)).sum(dim=1) / (tokens - count).clamp_min(1.0)
+    mask = torch.where((mean_in > mean_out)[:, None], one, 1.0 - one)
+    degenerate = (count == 0) | (count == tokens)
     return torch.where(degenerate[:, None], torch.zeros_like(mask), mask)
-
-
-def _assign(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Index (0 or 1) of the nearest centroid per token: features [B, N, k], centroids [B, 2, k] -> [B, N] int64."""
-    distance = torch.cdist(features, centroids)  # [B, N, 2]
-    return distance.argmin(dim=2)
-
-
-def _update(features: torch.Tensor, assignment: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """New centroids as cluster means; an empty cluster keeps its centroid."""
-    one_hot = torch.nn.functional.one_hot(assignment, 2).to(features.dtype)  # [B, N, 2]
-    counts = one_hot.sum(dim=1)  # [B, 2]
-    sums = one_hot.transpose(1, 2) @ features  # [B, 2, k]
-    means = sums / counts.clamp_min(1.0)[:, :, None]
-    return torch.where(counts[:, :, None] > 0, means, centroids)
 
 
 def mask_image(hidden: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], *, top_k: int = 12) -> torch.Tensor:

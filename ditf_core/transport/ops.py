@@ -122,14 +122,20 @@ def _check_hidden(hidden: torch.Tensor) -> None:
         raise ValueError(f"hidden must be a tensor [B, N, C] (rows, image tokens, channels), got {shape}")
 
 
-def _channel_index(channels: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """channels [B, k] or [k] -> a gather/scatter index [B, N, k] on hidden's device."""
+def _channel_index(channels, hidden: torch.Tensor) -> torch.Tensor:
+    """channels [B, k] or [k] -> a gather/scatter index [B, N, k] on hidden's device.
+
+    Lists and tuples (a user's channel numbers) are range-checked here; tensors are taken as computed (top-k
+    indices): checking them would make the GPU report back to the host at every block.
+    """
     batch, tokens, width = hidden.shape
-    channels = torch.as_tensor(channels, device=hidden.device).long()
+    if not isinstance(channels, torch.Tensor):
+        bad = [c for c in channels if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < width]
+        if bad:
+            raise ValueError(f"channels must be integers in 0..{width - 1}, got {bad[:8]}")
+    channels = torch.as_tensor(channels, dtype=torch.long, device=hidden.device)
     if channels.ndim == 1:
         channels = channels.expand(batch, -1)
     if channels.ndim != 2 or channels.shape[0] != batch:
         raise ValueError(f"channels must be [B, k] with B = {batch} (or [k]), got {list(channels.shape)}")
-    if channels.numel() and (int(channels.min()) < 0 or int(channels.max()) >= width):
-        raise ValueError(f"channels must lie in 0..{width - 1}, got {channels.unique().tolist()[:8]}")
     return channels[:, None, :].expand(batch, tokens, channels.shape[1])

@@ -40,13 +40,13 @@ class MassiveZeroing:
 
     def apply(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.channels is not None:
-            return disrupt(hidden, torch.tensor(self.channels, dtype=torch.long))
+            return disrupt(hidden, list(self.channels))
         out = hidden
         for row in range(hidden.shape[0]):
             found = find_massive_channels(hidden[row], self.ratio)
             if found:
                 out = out.clone() if out is hidden else out
-                out[row : row + 1] = disrupt(hidden[row : row + 1], torch.tensor(found, dtype=torch.long))
+                out[row : row + 1] = disrupt(hidden[row : row + 1], found)
         return out
 
 
