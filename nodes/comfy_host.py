@@ -297,6 +297,13 @@ def make_room(num_bytes: int, device: torch.device) -> None:
         comfy.model_management.free_memory(num_bytes, device)
 
 
+def load_clip_vision(clip_vision) -> torch.device:
+    """Load a CLIP_VISION model (``comfy.clip_vision.ClipVisionModel``) onto its device the way CLIP Vision Encode
+    does, for a forward pass of our own (DINOv2 fusion); returns that device."""
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    return clip_vision.load_device
+
+
 # --- model patches: the massive-activation nodes (nodes/ma_runtime.py says what the patches do) -----------------
 @dataclass(frozen=True)
 class DiTClone:

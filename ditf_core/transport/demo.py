@@ -17,7 +17,8 @@ from torch import nn
 from ..capture import capture_blocks
 from ..demo_model import DEMO_MASSIVE_CHANNELS, build_demo_dit
 from ..families import family_for
-from ..visualize import labelled_grid, pca_rgb, upsample_rgb
+from ..outputs import save_image
+from ..visualize import captioned_grid, pca_rgb, upsample_rgb
 from .diffusers_hooks import DisruptionPatch, TransportPatch, massive_activations
 from .mask import ma_mask
 from .patches import Disruption, Transport
@@ -80,8 +81,9 @@ def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return cells.permute(0, 3, 1, 4, 2, 5).reshape(batch, packed // 4, height, width)
 
 
-def run_ma_demo(out: Path, seed: int = 0) -> list[str]:
-    """Run the section, write ``out/massive_activations.png``; returns the summary lines."""
+def run_ma_demo(out: Path, seed: int = 0, *, shown_as: Path | None = None) -> list[str]:
+    """Run the section, write ``out/massive_activations.png``; returns the summary lines (naming the folder
+    ``shown_as``, default ``out``: a command writing through a staging folder passes its final folder)."""
     out.mkdir(parents=True, exist_ok=True)
     transformer = build_foreground_dit(seed)
     family = family_for(transformer)
@@ -128,7 +130,7 @@ def run_ma_demo(out: Path, seed: int = 0) -> list[str]:
         f"{change['control']:.3g} ({ratio:.0f}x)",
         "    transport strength " + ", ".join(f"{s:g}" for s in STRENGTHS) + ": distance to the source sample "
         + ", ".join(f"{d:.3g}" for d in distances),
-        f"    wrote {out}/massive_activations.png",
+        f"    wrote {Path(shown_as or out)}/massive_activations.png",
     ]
 
 
@@ -140,9 +142,14 @@ def _picture(path: Path, latent, truth, mask, plain, samples, swept, source) -> 
 
     shown = [upsample_rgb(rgb, size) for rgb in pca_rgb([plain[0], samples["disrupted"][0], samples["control"][0]])]
     gaps = [(sample - source)[0].norm(dim=0) for sample in swept]
-    labelled_grid([
-        ("object / its tokens / MA mask", [gray((latent[0, 0] + 1) / 2), gray(truth), gray(mask)]),
-        ("plain / MAs zeroed / control", shown),
-        ("|x - source|, strength " + " .. ".join(f"{s:g}" for s in (STRENGTHS[0], STRENGTHS[-1])),
-         [gray(gap / gaps[0].max().clamp_min(1e-12)) for gap in gaps]),
-    ]).save(path)
+    strengths = [f"strength {s:g}" for s in STRENGTHS]
+    rows = [
+        ("The MA mask finds a planted object", [("the object (latent channel 0)", gray((latent[0, 0] + 1) / 2)),
+                                                ("its tokens", gray(truth)), ("K-means MA mask", gray(mask))]),
+        ("Zeroing the massive channels wrecks the sample; the control barely moves it",
+         list(zip(("plain sample", "MA channels zeroed", "control: k lowest zeroed"), shown))),
+        ("Transport: |x - source| falls with strength",
+         list(zip(strengths, [gray(gap / gaps[0].max().clamp_min(1e-12)) for gap in gaps]))),
+    ]
+    save_image(captioned_grid(rows, title="Massive activations at work (tiny model, RANDOM weights)",
+                              footer=["Samples shown as a PCA of their latent channels."]), path)

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.comfyui
 ROOT = Path(__file__).resolve().parents[2]
 LOCALE = ROOT / "locales" / "en" / "main.json"
 NODE_IDS = ("DiTFLoadDiT", "DiTFLoadDiffusersDiT", "DiTFExtractFeatures", "DiTFCorrespondenceMatch", "DiTFWarp",
-            "DiTFInspector", "DiTFMassiveActivationTransport", "DiTFMassiveActivationDisruption", "DiTFDetailGuidance",
+            "DiTFInspector", "DiTFPropagateMask", "DiTFTrackPoints", "DiTFFuseDINOv2", "DiTFCoSegment",
+            "DiTFMassiveActivationTransport", "DiTFMassiveActivationDisruption", "DiTFDetailGuidance",
             "DiTFMassiveActivationMask")
 
 
