@@ -142,14 +142,17 @@ def _picture(path: Path, latent, truth, mask, plain, samples, swept, source) -> 
 
     shown = [upsample_rgb(rgb, size) for rgb in pca_rgb([plain[0], samples["disrupted"][0], samples["control"][0]])]
     gaps = [(sample - source)[0].norm(dim=0) for sample in swept]
-    strengths = [f"strength {s:g}" for s in STRENGTHS]
+    strengths = [f"{s:g}" for s in STRENGTHS]
     rows = [
-        ("The MA mask finds a planted object", [("the object (latent channel 0)", gray((latent[0, 0] + 1) / 2)),
-                                                ("its tokens", gray(truth)), ("K-means MA mask", gray(mask))]),
+        ("The MA mask finds a planted object", [("object", gray((latent[0, 0] + 1) / 2)),
+                                                ("its tokens", gray(truth)), ("MA mask", gray(mask))]),
         ("Zeroing the massive channels wrecks the sample; the control barely moves it",
-         list(zip(("plain sample", "MA channels zeroed", "control: k lowest zeroed"), shown))),
-        ("Transport: |x - source| falls with strength",
+         list(zip(("plain", "MAs zeroed", "control"), shown))),
+        ("Transport: |x - source| falls as the strength grows",
          list(zip(strengths, [gray(gap / gaps[0].max().clamp_min(1e-12)) for gap in gaps]))),
     ]
     save_image(captioned_grid(rows, title="Massive activations at work (tiny model, RANDOM weights)",
-                              footer=["Samples shown as a PCA of their latent channels."]), path)
+                              footer=["Object: drawn into latent channel 0. MA mask: K-means on the massive "
+                                      "channels. Control: the k weakest channels zeroed. Samples: a PCA of their "
+                                      "latent channels; bottom row: distance to the source sample per cell (black: "
+                                      "equal)."]), path)
