@@ -15,6 +15,12 @@ each a conditional (0) or unconditional (1) chunk, as ``cond_or_uncond`` says):
    conditional rows at the transported blocks; its predictions advance the trajectory (CFG included);
 3. the target pass: the call itself; its block patches move the conditional rows' image tokens towards the kept ones.
 
+Two passes inside the one model call rather than one batched ``[target; source]`` pass (the issue's suggestion; our
+choice, README "Massive activations at work"): rows of a batched forward differ from the same rows run alone by a
+few ulps (BLAS blocking), which would break "source == target gives the plain sample bit for bit"; separate passes
+also let the source prompt have another text length and keep ControlNet residuals with their own rows. The
+arithmetic is the same; the extra memory is the source's image tokens at the transported blocks, for one call.
+
 The unconditional rows are never transported: CFG then extrapolates from the plain unconditional prediction towards
 the transported conditional one, and the negative prompt keeps its meaning.
 """

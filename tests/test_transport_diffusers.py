@@ -142,6 +142,45 @@ def test_detail_guidance_under_cfg_adds_w_times_the_difference_to_the_cfg_result
     assert hook_count(transformer) == 0
 
 
+def test_under_cfg_only_the_conditional_half_is_transported():
+    """A CFG batch [uncond; cond] with full transport (all channels, every token, strength 1) at block 1: the
+    conditional row enters the block with the source's own tokens, the unconditional row exactly as without the
+    patch (our choice: the negative prompt keeps its meaning)."""
+    transformer = plant_massive_activations(build_tiny_sd3(0), 0, DEMO_MASSIVE_CHANNELS)
+    family = family_for(transformer)
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 16, 16, 16, generator=generator)
+    negative, positive, source = (torch.randn(1, 6, 32, generator=generator) for _ in range(3))
+    pooled = torch.randn(2, 32, generator=generator)
+
+    def call(conditional):
+        return dict(hidden_states=torch.cat([x, x]), encoder_hidden_states=torch.cat([negative, conditional]),
+                    pooled_projections=pooled, timestep=torch.full((2,), 600.0), return_dict=False)
+
+    seen: list[torch.Tensor] = []
+    probe = family.blocks(transformer)[1].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(family.block_inputs(args, kwargs)[0].clone()), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            transformer(**call(positive))
+            transformer(**call(source))
+            patch = TransportPatch([1], Transport(64, 1.0, "none"), source_embeds=source, source_pooled=pooled[1:])
+            with massive_activations(transformer, transport=patch, guidance_scale=4.0):
+                probe.remove()  # again, after the context's hooks: it must see what the block receives
+                probe = family.blocks(transformer)[1].register_forward_pre_hook(
+                    lambda module, args, kwargs: seen.append(family.block_inputs(args, kwargs)[0].clone()),
+                    with_kwargs=True)
+                transformer(**call(positive))
+    finally:
+        probe.remove()
+    plain, source_alone, in_source_pass, in_target_pass = seen
+    assert torch.equal(in_source_pass, source_alone)
+    assert torch.equal(in_target_pass[1:], source_alone[1:])  # the conditional row: the source's tokens
+    assert torch.equal(in_target_pass[:1], plain[:1])  # the unconditional row: untouched
+    assert not torch.equal(plain[1:], source_alone[1:])
+    assert hook_count(transformer) == 0
+
+
 def test_hooks_are_removed_after_errors_and_interrupts(dit, prompts):
     target, source, pooled, noise = prompts
     patches = dict(disruption=DisruptionPatch([2], Disruption(K)), detail_guidance=DetailGuidancePatch(3, 1.0),
