@@ -10,6 +10,7 @@ from pathlib import Path
 from .demo_match import run_match_demo
 from .outputs import save_image, write_json, write_text
 from .pipeline import MODE_HELP, MODES
+from .transport.demo import run_ma_demo
 from .visualize import captioned_grid, pca_rgb, upsample_rgb
 
 
@@ -69,6 +70,9 @@ def run_demo_pipeline(pipeline, out: Path, extract_kwargs: dict, progress=None, 
 
     s = ditf.settings
     shown = Path(shown_as or out)
+    started = time.perf_counter()
+    ma_lines = run_ma_demo(out / "massive_activations", shown_as=shown / "massive_activations")
+    timings["massive_activations"] = time.perf_counter() - started
     lines = [
         f"DiTF demo on {s['model']['name']}" + ("  (RANDOM WEIGHTS)" if random_weights else ""),
         f"  family {s['family']}, layer {s['layer']} of {s['model']['depth']}, t={s['t']}, ensemble {s['ensemble']}, "
@@ -77,6 +81,7 @@ def run_demo_pipeline(pipeline, out: Path, extract_kwargs: dict, progress=None, 
         f"discarded in mode ditf: {list(ditf.discarded) or 'none'}",
         inspection.summary(),
         *match_lines,
+        *ma_lines,
         "  time: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in timings.items()),
         f"  wrote to {shown}/: scene_a.png scene_b.png features_[ab].safetensors pca_modes.png matches.png warps.png "
         "summary.json summary.txt, and inspect/ (report.json, sweep.safetensors, "

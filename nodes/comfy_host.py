@@ -12,6 +12,10 @@ The only module of the pack that touches ModelPatcher and ``comfy.model_manageme
   ComfyUI's flow models noise as ``sigma * noise + (1 - sigma) * x0``, the recipe's ``x_t``;
 * the clone is dropped afterwards, whatever happened, so nothing stays patched.
 
+The massive-activation nodes patch a MODEL clone for sampling through the helpers at the end of this module (block
+patches that chain with other nodes' patches, keyed model wrappers, post-CFG functions, a per-run state); what the
+patches do is in ``nodes/ma_runtime.py``.
+
 Weights stay wherever ComfyUI keeps them (fp8 / bf16 / partly offloaded): ``load_models_gpu`` loads the clone
 exactly as a sampler would. ComfyUI's ``VAE.encode`` returns the posterior mode, so the E ensemble members share
 one clean latent and differ by their noise only (the diffusers host samples E posterior latents).
@@ -25,6 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import comfy.model_management
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.sampler_helpers
+import comfy.samplers
 import comfy.utils
 import torch
 
@@ -294,3 +302,157 @@ def load_clip_vision(clip_vision) -> torch.device:
     does, for a forward pass of our own (DINOv2 fusion); returns that device."""
     comfy.model_management.load_model_gpu(clip_vision.patcher)
     return clip_vision.load_device
+
+
+# --- model patches: the massive-activation nodes (nodes/ma_runtime.py says what the patches do) -----------------
+@dataclass(frozen=True)
+class DiTClone:
+    """``model.clone()`` of a supported DiT MODEL, with its family adapter and shape; the user's MODEL is untouched."""
+
+    clone: Any
+    adapter: ComfyFamily
+    shape: HostShape
+
+    @property
+    def depth(self) -> int:
+        return len(self.adapter.core.blocks(self.shape.structure))
+
+    @property
+    def split(self) -> int:
+        return self.adapter.core.split(self.shape.structure)
+
+    def patch_key(self, layer: int) -> tuple[str, int]:
+        return self.adapter.patch_key(self.shape.structure, layer)
+
+
+def dit_clone(model, name: str = "model") -> DiTClone:
+    """A patchable clone of ``model`` (input ``name``), or an error naming the input and the supported families."""
+    if getattr(model, "model", None) is None or not hasattr(model, "clone"):
+        raise TypeError(f"{name} must be a ComfyUI MODEL (from a checkpoint or diffusion model loader), "
+                        f"got {type(model).__name__}")
+    diffusion = model.get_model_object("diffusion_model")
+    adapter = comfy_family_for(model.model, diffusion)
+    return DiTClone(model.clone(), adapter, adapter.shape(diffusion))
+
+
+def add_block_patch(target: DiTClone, layer: int, patch) -> None:
+    """Replace-patch global block ``layer`` of the clone; a replace patch already there (another node's) still runs:
+    ours goes first and hands over to it instead of to the block (``patches_replace`` keeps one entry per block)."""
+    target.clone.model_options = options_with_block_patch(target.clone.model_options, target.patch_key(layer), patch)
+
+
+def options_with_block_patch(model_options: dict, key: tuple[str, int], patch) -> dict:
+    """A copy of ``model_options`` with ``patch`` on the block of patch ``key``, chained like :func:`add_block_patch`
+    (for the extra passes of guidance functions, which patch only their own copy, as SkipLayerGuidanceDiT does)."""
+    existing = model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {}).get(key)
+    chained = _chain(patch, existing)
+    return comfy.model_patcher.set_model_options_patch_replace(dict(model_options), chained, "dit", *key)
+
+
+def _chain(patch, existing):
+    if existing is None:
+        return patch
+
+    def chained(args: dict, extra: dict) -> dict:
+        return patch(args, {**extra, "original_block": lambda block_args: existing(block_args, extra)})
+
+    return chained
+
+
+def has_model_wrapper(target: DiTClone, stage: str, key: str) -> bool:
+    """Whether the clone carries a wrapper ``key`` at ``stage`` ("apply_model" or "sampler_sample")."""
+    return bool(target.clone.get_wrappers(_WRAPPER_STAGES[stage], key))
+
+
+def add_model_wrapper(target: DiTClone, stage: str, key: str, wrapper) -> None:
+    """A keyed model wrapper: "apply_model" wrappers see every model call of a sampler (``executor, x, sigma,
+    c_concat, c_crossattn, control, transformer_options, **conds``); wrappers stack, none replaces another."""
+    target.clone.add_wrapper_with_key(_WRAPPER_STAGES[stage], key, wrapper)
+
+
+_WRAPPER_STAGES = {"apply_model": comfy.patcher_extension.WrappersMP.APPLY_MODEL,
+                   "sampler_sample": comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE}
+
+
+def add_post_cfg_function(target: DiTClone, function) -> None:
+    """``function(args) -> denoised`` after CFG at every step (appended: other nodes' functions keep running)."""
+    target.clone.set_model_sampler_post_cfg_function(function)
+
+
+def sigma_window(target: DiTClone, start_percent: float, end_percent: float) -> tuple[float, float]:
+    """(highest, lowest) sigma of the sampling-percent window, as ComfyUI's own guidance nodes compute it."""
+    sampling = target.clone.get_model_object("model_sampling")
+    return float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent))
+
+
+def perturbed_conditional(args: dict, key: tuple[str, int], patch) -> torch.Tensor:
+    """The conditional prediction of a post-CFG step with ``patch`` on the block of patch ``key`` (one extra model
+    pass of the positive rows, like SkipLayerGuidanceDiT / PerturbedAttentionGuidance)."""
+    options = options_with_block_patch(args["model_options"].copy(), key, patch)
+    (prediction,) = comfy.samplers.calc_cond_batch(args["model"], [args["cond"]], args["input"], args["sigma"], options)
+    return prediction
+
+
+@dataclass(frozen=True)
+class SamplingStart:
+    """How one sampling run starts, for a source that runs beside it (ComfyUI's KSAMPLER conventions).
+
+    noise / latent_image: [B, C, H, W] as the sampler got them (latent_image in model space); start: the sampler's
+    first x (``noise_scaling(sigmas[0], noise, latent_image)``); cfg: the guider's CFG scale; noise_scaling(sigma,
+    noise, latent): the model's forward process; encode(conditioning): a CONDITIONING as the model-call keyword
+    tensors [B, ...] of its rows (``c_crossattn``, ``y``, ``guidance``, ...), encoded like the run's own prompts.
+    """
+
+    noise: torch.Tensor
+    latent_image: torch.Tensor
+    sigmas: torch.Tensor
+    start: torch.Tensor
+    cfg: float
+    noise_scaling: Any
+    encode: Any
+
+
+def add_run_state(target: DiTClone, key: str, options_key: str, create) -> None:
+    """Give every sampling run of the clone its own state: ``create(SamplingStart)``, kept in that run's
+    ``transformer_options[options_key]`` (a per-run copy: nothing outlives the run, nothing leaks into the MODEL)."""
+
+    def wrapper(executor, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar):
+        sampling = guider.inner_model.model_sampling
+        sampler = executor.class_obj
+        max_denoise = sampler.max_denoise(guider, sigmas) if hasattr(sampler, "max_denoise") else False
+        latent = latent_image if latent_image is not None else torch.zeros_like(noise)
+
+        def encode(conditioning) -> dict[str, torch.Tensor]:
+            conds = comfy.samplers.encode_model_conds(
+                guider.inner_model.extra_conds, comfy.sampler_helpers.convert_cond(conditioning), noise, noise.device,
+                "positive", latent_image=latent, denoise_mask=denoise_mask, seed=extra_args.get("seed"))
+            model_conds = conds[0]["model_conds"]
+            return {name: cond.process_cond(batch_size=noise.shape[0], device=noise.device, area=None).cond
+                    for name, cond in model_conds.items()}
+
+        start = SamplingStart(noise, latent, sigmas, sampling.noise_scaling(sigmas[0], noise, latent, max_denoise),
+                              float(getattr(guider, "cfg", 1.0)),
+                              lambda sigma, n, x: sampling.noise_scaling(sigma, n, x, False), encode)
+        options = extra_args["model_options"]
+        transformer_options = {**options.get("transformer_options", {}), options_key: create(start)}
+        extra_args = {**extra_args, "model_options": {**options, "transformer_options": transformer_options}}
+        return executor(guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+
+    target.clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, key, wrapper)
+
+
+def encode_image(vae, image: torch.Tensor, target: DiTClone, name: str = "vae") -> torch.Tensor:
+    """IMAGE [B, H, W, C] -> the model's normalised latents [B, C, h, w] (float32, CPU) via ComfyUI's VAE; the image
+    is cropped to whole latent cells first, as VAE Encode does."""
+    if not hasattr(vae, "encode") or not hasattr(vae, "latent_channels"):
+        raise TypeError(f"{name} must be a ComfyUI VAE (from a VAE or checkpoint loader), got {type(vae).__name__}")
+    needed = target.clone.model.latent_format.latent_channels
+    if vae.latent_channels != needed:
+        raise ValueError(f"{name} makes {vae.latent_channels}-channel latents but this {target.adapter.core.label} "
+                         f"needs {needed}: wire the model's own VAE")
+    factor = vae.spacial_compression_encode()
+    height, width = (image.shape[1] // factor) * factor, (image.shape[2] // factor) * factor
+    if height == 0 or width == 0:
+        raise ValueError(f"the image ({image.shape[2]}x{image.shape[1]} px) is smaller than one latent cell")
+    raw = vae.encode(image[:, :height, :width, :3])
+    return target.clone.model.process_latent_in(raw.float()).float().cpu()

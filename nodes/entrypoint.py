@@ -10,6 +10,8 @@ from .nodes_extract import ExtractFeatures
 from .nodes_fusion import FuseDINOv2
 from .nodes_inspect import MassiveActivationInspector
 from .nodes_load import LoadDiffusersDiT, LoadDiT
+from .nodes_ma_mask import MassiveActivationMask
+from .nodes_ma_patch import DetailGuidance, MassiveActivationDisruption, MassiveActivationTransport
 from .nodes_match import CorrespondenceMatch
 from .nodes_video import PropagateMask, TrackPoints
 from .nodes_warp import WarpAppearanceTransfer
@@ -17,6 +19,7 @@ from .nodes_warp import WarpAppearanceTransfer
 NODES: list[type[io.ComfyNode]] = [
     LoadDiT, LoadDiffusersDiT, ExtractFeatures, CorrespondenceMatch, WarpAppearanceTransfer, MassiveActivationInspector,
     PropagateMask, TrackPoints, FuseDINOv2, CoSegment,
+    MassiveActivationTransport, MassiveActivationDisruption, DetailGuidance, MassiveActivationMask,
 ]
 
 

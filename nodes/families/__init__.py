@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...ditf_core.errors import UnsupportedModelError
-from .base import ComfyFamily, HostShape
+from .base import ComfyFamily, HostShape, TokenLayout
 from .flux import FluxComfy
 from .sd3 import SD3Comfy
 
@@ -33,4 +33,4 @@ def supported_comfy_families() -> str:
     return " and ".join(family.supported for family in COMFY_FAMILIES)
 
 
-__all__ = ["COMFY_FAMILIES", "ComfyFamily", "HostShape", "comfy_family_for", "supported_comfy_families"]
+__all__ = ["COMFY_FAMILIES", "ComfyFamily", "HostShape", "TokenLayout", "comfy_family_for", "supported_comfy_families"]

@@ -11,6 +11,10 @@ A block patch receives ComfyUI's ``args`` dict (``img``, ``txt``, ``vec``, ...).
 * where the image tokens sit in ``args[stream_key]`` (single-stream blocks see ``cat(txt, img)``),
 * how the block modulates its image stream's attention branch: ``(shift | scale | gate)`` as one ``[m, 3C]`` tensor,
   computed by the block's own modules (so fp8 weights, LoRA patches and offloading apply as in sampling).
+
+Generic on top of that (no per-family code): the token layout of a forward pass (:meth:`ComfyFamily.token_layout`)
+and reading / writing a block's image tokens in its ``args`` (:meth:`ComfyFamily.image_tokens`,
+:meth:`ComfyFamily.with_image_tokens`), which the massive-activation patches use.
 """
 
 from __future__ import annotations
@@ -38,6 +42,20 @@ class HostShape:
     context_dim: int
     pooled_dim: int | None
     max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the image tokens sit in one forward pass: ``text_tokens`` (single-stream blocks see ``cat(txt, img)``),
+    the (rows, cols) token ``grid`` of the latent, and the pass's ``sigma``."""
+
+    text_tokens: int
+    grid: tuple[int, int]
+    sigma: float
+
+    @property
+    def image_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
 
 
 class ComfyFamily:
@@ -69,6 +87,31 @@ class ComfyFamily:
     def modulation(self, block: Any, layer: int, args: dict) -> torch.Tensor:
         """The block's attention-branch modulation of the image stream, ``(shift | scale | gate)`` [m, 3C] float32."""
         raise NotImplementedError
+
+    def token_layout(self, latent: torch.Tensor, context: torch.Tensor | None, sigma: torch.Tensor) -> TokenLayout:
+        """The layout of a pass over ``latent`` [m, C, H, W] with text ``context`` [m, L, D] (as ``apply_model`` gets
+        them): the model pads the latent to whole patches, and its text stream is as long as the context."""
+        patch = self.core.patch
+        height, width = latent.shape[-2:]
+        grid = ((height + patch - 1) // patch, (width + patch - 1) // patch)
+        return TokenLayout(0 if context is None else int(context.shape[1]), grid, float(sigma.reshape(-1)[0]))
+
+    def image_tokens(self, structure: SimpleNamespace, layer: int, args: dict, layout: TokenLayout) -> torch.Tensor:
+        """The image tokens entering block ``layer``: a view [m, N, C] of ``args[stream_key]``."""
+        tokens = self.image_slice(structure, layer, layout.text_tokens, layout.image_tokens)
+        return args[self.stream_key][:, tokens]
+
+    def with_image_tokens(self, structure: SimpleNamespace, layer: int, args: dict, layout: TokenLayout,
+                          tokens: torch.Tensor, rows: torch.Tensor | None = None) -> dict:
+        """A copy of ``args`` whose image tokens (of ``rows``, all rows if None) are ``tokens`` [m or len(rows), N, C].
+        The caller's stream tensor is left as it was."""
+        where = self.image_slice(structure, layer, layout.text_tokens, layout.image_tokens)
+        stream = args[self.stream_key].clone()
+        if rows is None:
+            stream[:, where] = tokens.to(stream.dtype)
+        else:
+            stream[rows.to(stream.device), where] = tokens.to(stream.dtype)
+        return {**args, self.stream_key: stream}
 
 
 def flat_modulation(batch: int, *parts: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.comfyui
 ROOT = Path(__file__).resolve().parents[2]
 LOCALE = ROOT / "locales" / "en" / "main.json"
 NODE_IDS = ("DiTFLoadDiT", "DiTFLoadDiffusersDiT", "DiTFExtractFeatures", "DiTFCorrespondenceMatch", "DiTFWarp",
-            "DiTFInspector", "DiTFPropagateMask", "DiTFTrackPoints", "DiTFFuseDINOv2", "DiTFCoSegment")
+            "DiTFInspector", "DiTFPropagateMask", "DiTFTrackPoints", "DiTFFuseDINOv2", "DiTFCoSegment",
+            "DiTFMassiveActivationTransport", "DiTFMassiveActivationDisruption", "DiTFDetailGuidance",
+            "DiTFMassiveActivationMask")
 
 
 @pytest.fixture(scope="module")
