@@ -38,7 +38,7 @@ from ..ditf_core.families.flux import FluxFamily
 from ..ditf_core.families.sd3 import SD3Family
 from ..ditf_core.images import resize_for_model
 from ..ditf_core.pipeline import draw_noise
-from ..ditf_core.recipe import EnsembleCapture, ProgressFn, average_over_ensemble
+from ..ditf_core.recipe import EnsembleCapture, ProgressFn, average_over_ensemble, kept_bytes
 from .model import DEFAULT_GUIDANCE, TextConditioning, parse_conditioning
 
 SUPPORTED = "Flux.1 dev / schnell (and other comfy.ldm.flux models) and SD3 / SD3.5 (MMDiT)"
@@ -64,7 +64,6 @@ class ComfyHost:
     hidden_size: int
     context_dim: int
     pooled_dim: int | None
-    max_tokens: int | None  # SD3: position embeddings cover at most this many tokens per side
     kind: str = "comfyui"
 
     @classmethod
@@ -100,7 +99,7 @@ class ComfyHost:
             transformer_blocks=list(flux.double_blocks), single_transformer_blocks=list(flux.single_blocks)
         )
         return cls(model, vae, clip, FluxFamily(), structure, int(params.hidden_size), int(params.context_in_dim),
-                   int(params.vec_in_dim), None)
+                   int(params.vec_in_dim))
 
     @classmethod
     def _mmdit(cls, model, vae, clip, mmdit) -> ComfyHost:
@@ -115,9 +114,10 @@ class ComfyHost:
         if not hasattr(embedder, "in_features"):
             raise UnsupportedModelError("this MMDiT has no text context embedder; DiTF supports SD3 / SD3.5")
         pooled = None if mmdit.y_embedder is None else int(mmdit.y_embedder.mlp[0].in_features)
-        structure = SimpleNamespace(transformer_blocks=list(mmdit.joint_blocks))
-        return cls(model, vae, clip, SD3Family(), structure, hidden, int(embedder.in_features), pooled,
-                   mmdit.pos_embed_max_size)
+        # config: what the SD3 adapter reads for its resolution bound (position embeddings per side)
+        structure = SimpleNamespace(transformer_blocks=list(mmdit.joint_blocks),
+                                    config=SimpleNamespace(pos_embed_max_size=mmdit.pos_embed_max_size))
+        return cls(model, vae, clip, SD3Family(), structure, hidden, int(embedder.in_features), pooled)
 
     def _check_vae(self) -> None:
         if not hasattr(self.vae, "encode") or not hasattr(self.vae, "latent_channels"):
@@ -171,15 +171,6 @@ class ComfyHost:
         key = f"{self.family.name}:{self.describe()['config_sha256']}:{digest.hexdigest()[:16]}"
         return key + (f":patches-{self.model.patches_uuid}" if self.model.patches else "")
 
-    def check_grid(self, grid: tuple[int, int]) -> None:
-        """grid: (width, height) feature cells; SD3's position embeddings cap the token grid."""
-        if self.max_tokens is not None and max(grid) > self.max_tokens:
-            limit = self.max_tokens * self.family.patch * self.family.vae_factor
-            raise ValueError(
-                f"this SD3 model has position embeddings for at most {self.max_tokens}x{self.max_tokens} tokens "
-                f"({limit} px); lower the resolution"
-            )
-
     def encode(self, pixels: torch.Tensor, mapping, ensemble: int, generator: torch.Generator) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> clean normalised latents [1, B, C, h, w] (one per image)."""
         check_interrupted()
@@ -199,10 +190,17 @@ class ComfyHost:
         context = torch.zeros(1, self.family.zero_text_tokens, self.context_dim)
         return TextConditioning(context, torch.zeros(1, self.pooled_dim or 1), DEFAULT_GUIDANCE, "zero")
 
+    @property
+    def device(self) -> torch.device:
+        """Where the capture runs (and keeps its sums): ComfyUI's torch device."""
+        return torch_device()
+
     def capture(self, latents, noise, *, t: float, layers: list[int], conditioning: TextConditioning,
-                progress: ProgressFn | None = None) -> dict[int, EnsembleCapture]:
-        """Block inputs of ``layers`` averaged over the ensemble, one early-exit pass per draw (all images)."""
+                progress: ProgressFn | None = None, micro_batch: int | None = None) -> dict[int, EnsembleCapture]:
+        """Block inputs of ``layers`` averaged over the ensemble, one early-exit pass per draw (all images, or
+        ``micro_batch`` images per pass)."""
         batch = latents.shape[1]
+        micro_batch = micro_batch or batch
         patch = self.family.patch
         grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
         context = conditioning.context.expand(batch, *conditioning.context.shape[1:])
@@ -210,16 +208,21 @@ class ComfyHost:
         reached: set[int] = set()
         consumer: list[Consumer] = []  # the running pass's consumer, read by the patches
         clone = self.model.clone()
-        for layer in layers:
+        for layer in range(layers[-1] + 1):  # Cancel is checked at every block up to the deepest requested one
+            if layer not in layers:
+                key = self._patch_key(layer)
+                replaced = clone.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+                clone.set_model_patch_replace(_interrupt_patch(replaced.get(key)), "dit", *key)
+                continue
             patch_fn = _capture_patch(consumer, reached, layer, self._block(layer), self._modulation_fn(layer),
                                       start=context.shape[1] if self._is_single(layer) else 0,
                                       tokens=grid[0] * grid[1], stop=layer == layers[-1])
             clone.set_model_patch_replace(patch_fn, "dit", *self._patch_key(layer))
         base = clone.model
-        shape = [batch, *latents.shape[2:]]
-        comfy.model_management.load_models_gpu(
-            [clone], memory_required=base.memory_required(shape), minimum_memory_required=base.memory_required(shape)
-        )
+        shape = [micro_batch, *latents.shape[2:]]
+        # room for one pass's activations and for the running sums the capture keeps on the device
+        required = base.memory_required(shape) + kept_bytes(batch, grid[0] * grid[1], self.hidden_size, len(layers))
+        comfy.model_management.load_models_gpu([clone], memory_required=required, minimum_memory_required=required)
         device = clone.load_device  # where load_models_gpu put the weights (as samplers do)
         options = clone.model_options["transformer_options"]
 
@@ -239,7 +242,7 @@ class ComfyHost:
             check_reached(layers, reached)
 
         try:
-            averaged = average_over_ensemble(latents, noise, t=t, run=run, micro_batch=batch, progress=progress)
+            averaged = average_over_ensemble(latents, noise, t=t, run=run, micro_batch=micro_batch, progress=progress)
         finally:
             consumer.clear()  # the clone (and its patches) is dropped with this frame
         size = self.hidden_size
@@ -272,6 +275,7 @@ def _capture_patch(consumer: list, reached: set, layer: int, block, modulation, 
     reference cycle would keep the clone alive in ComfyUI's loaded-model list)."""
 
     def patch(args: dict, extra: dict) -> dict:
+        check_interrupted()
         # Consumed at once (Flux blocks add into their inputs in place later). The vector handed over is the
         # block's (shift | scale | gate) [m, 3C]: ComfyUI blocks compute modulation with their own modules
         # (fp8, LoRA, offload), so it is taken from them rather than recomputed.
@@ -280,6 +284,17 @@ def _capture_patch(consumer: list, reached: set, layer: int, block, modulation, 
         if stop:
             raise StopForward
         return extra["original_block"](args)
+
+    return patch
+
+
+def _interrupt_patch(replaced):
+    """The patch of a block before the deepest requested one that captures nothing: Cancel is honoured there (one
+    pass at 4096 px takes minutes), then the block runs as it would have (through a patch already there, if any)."""
+
+    def patch(args: dict, extra: dict) -> dict:
+        check_interrupted()
+        return extra["original_block"](args) if replaced is None else replaced(args, extra)
 
     return patch
 
@@ -340,6 +355,12 @@ def progress_reporter(total: int) -> ProgressFn:
 
 def torch_device() -> torch.device:
     return comfy.model_management.get_torch_device()
+
+
+def free_memory(device: torch.device | None = None) -> int:
+    """Bytes free for new tensors on ``device`` (default: ComfyUI's torch device), as ComfyUI counts them: device
+    memory (torch's cached blocks included) on a GPU, available RAM on the CPU."""
+    return int(comfy.model_management.get_free_memory(device or torch_device(), torch_free_too=False))
 
 
 def make_room(num_bytes: int, device: torch.device) -> None:
