@@ -304,4 +304,4 @@ def test_inspector_channels_feed_extract_discard(server):
     if status == 200:
         server.wait(response["prompt_id"])
     bad_layer = server.run(with_layers("9"))
-    assert "layer 9 is out of range" in error_message(bad_layer)
+    assert "block 9 in layers is out of range" in error_message(bad_layer)
