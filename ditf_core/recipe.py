@@ -211,8 +211,9 @@ def plan_passes(
     (``images x tokens x hidden_size x blocks_kept x 4`` bytes: the Inspector's sweep keeps every block) and each
     image in a pass needs about ``tokens x hidden_size x PASS_BYTES_PER_TOKEN_CHANNEL`` bytes of activations.
     available_bytes: free memory on ``device``, where the capture runs (device memory on a GPU, available RAM on
-    the CPU; the caller measures it); None: no check, all images in one pass. Raises :class:`~.errors.DiTFInputError` naming
-    the memory it would take and what to lower when not even one image per pass fits next to the sums.
+    the CPU; the caller measures it); None: no check, all images in one pass. Raises
+    :class:`~.errors.DiTFInputError` naming the memory it would take and what to lower when not even one image
+    per pass fits next to the sums.
     """
     kept = kept_bytes(images, tokens, hidden_size, blocks_kept)
     per_image = tokens * hidden_size * PASS_BYTES_PER_TOKEN_CHANNEL

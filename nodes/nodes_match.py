@@ -90,7 +90,8 @@ class CorrespondenceMatch(io.ComfyNode):
     def execute(cls, source, target, source_image, target_image, points: str, mode: str, max_points: int,
                 cycle_tolerance: float, source_mask=None, target_mask=None) -> io.NodeOutput:
         _check_widgets(mode, max_points, cycle_tolerance)
-        source_pixels, target_pixels = image_batch(source_image, "source_image"), image_batch(target_image, "target_image")
+        source_pixels = image_batch(source_image, "source_image")
+        target_pixels = image_batch(target_image, "target_image")
         match = match_features(
             source, target, points, source_pixels=source_pixels, target_pixels=target_pixels, mode=mode,
             source_mask=mask_batch(source_mask, "source_mask"), target_mask=mask_batch(target_mask, "target_mask"),

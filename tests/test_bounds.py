@@ -187,8 +187,8 @@ def test_the_memory_plan_splits_images_over_passes_and_refuses_what_cannot_fit()
     with pytest.raises(DiTFInputError, match=r"needs about 1.2 MB \(4 image\(s\) x 100 tokens x 64 channels x 6 "
                                              r"block\(s\) kept x 4 bytes = 614.4 kB, plus 614.4 kB for one image's "
                                              r"forward pass\) but only 1.2 MB is free in RAM; use fewer "
-                                             r"images or a lower resolution, or keep fewer blocks \(fewer layers; sweep "
-                                             r"off"):
+                                             r"images or a lower resolution, or keep fewer blocks \(fewer layers; "
+                                             r"sweep off"):
         plan_passes(**shape, available_bytes=kept + per_image - 1)
     with pytest.raises(DiTFInputError, match=r"free in cuda:1 memory; use fewer images or a lower resolution$"):
         plan_passes(**{**shape, "blocks_kept": 1}, available_bytes=1, device="cuda:1")

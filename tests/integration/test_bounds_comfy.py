@@ -36,7 +36,7 @@ def pixels(batch=1, height=48, width=64):
     return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
 
 
-# --- Cancel inside the pass ----------------------------------------------------------------------------------------------
+# --- Cancel inside the pass -------------------------------------------------------------------------------------------
 def test_cancel_inside_a_comfyui_pass_stops_at_the_next_block(mods, taesd):
     """Cancel is pressed while block 1 runs (a patch on the user's model does it); block 2's check must stop the
     pass, so block 3 never runs although the pass goes to block 5. The user's MODEL keeps its own patches only."""
@@ -93,7 +93,7 @@ def test_cancel_inside_a_diffusers_pass_stops_at_the_next_block(mods):
     assert all(not block._forward_pre_hooks and not block._forward_hooks for block in blocks)
 
 
-# --- memory -------------------------------------------------------------------------------------------------------------
+# --- memory -----------------------------------------------------------------------------------------------------------
 def test_a_capture_that_cannot_fit_is_refused_before_any_work_and_one_that_can_is_split(mods, taesd):
     import comfy.model_management
 
@@ -113,8 +113,8 @@ def test_a_capture_that_cannot_fit_is_refused_before_any_work_and_one_that_can_i
     images = pixels(batch=3)
     tokens = 4 * 3
     sweep = recipe.kept_bytes(3, tokens, 64, 6)
-    with pytest.raises(ValueError, match=r"this capture needs about 129.0 kB \(3 image\(s\) x 12 tokens x 64 channels x 6 "
-                                         r"block\(s\) kept x 4 bytes .* is free in RAM; .*sweep off"):
+    with pytest.raises(ValueError, match=r"this capture needs about 129.0 kB \(3 image\(s\) x 12 tokens x 64 channels "
+                                         r"x 6 block\(s\) kept x 4 bytes .* is free in RAM; .*sweep off"):
         ditf_model.capture(images, layers=range(6), resolution=64, ensemble=1, available_memory=sweep)
     assert encodes == []
     steps = []

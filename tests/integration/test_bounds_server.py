@@ -40,7 +40,8 @@ def flux_sampling_graph(files, shift_nodes: int):
             "model": model, "seed": 3, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
             "positive": ["cond", 0], "negative": ["cond", 0], "latent_image": ["latent", 0], "denoise": 1.0}},
         "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["vae", 0]}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": f"ditf_bounds_{shift_nodes}"}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0],
+                                                       "filename_prefix": f"ditf_bounds_{shift_nodes}"}},
     })
     return graph
 
@@ -52,7 +53,7 @@ def timed_run(server, graph) -> tuple[dict, float]:
 
 
 def match_graph(files, points: str, mode: str = "fast", size: tuple[int, int] | None = None):
-    """Tiny Flux: the two input images (optionally upscaled to ``size``), Extract at 128 px each, Correspondence Match."""
+    """Tiny Flux: both input images (optionally upscaled to ``size``), Extract at 128 px each, Correspondence Match."""
     graph = flux_graph(files, extract={"resolution": 128, "ensemble": 1})
     graph["img2"] = {"class_type": "LoadImage", "inputs": {"image": INPUT_IMAGES[1]}}
     images = {"a": ["img1", 0], "b": ["img2", 0]}
@@ -62,7 +63,8 @@ def match_graph(files, points: str, mode: str = "fast", size: tuple[int, int] | 
                 "image": source, "upscale_method": "bilinear", "width": size[0], "height": size[1], "crop": "disabled"}}
             images[side] = [f"big_{side}", 0]
     graph["extract"]["inputs"]["image"] = images["a"]
-    graph["extract_b"] = {"class_type": "DiTFExtractFeatures", "inputs": {**graph["extract"]["inputs"], "image": images["b"]}}
+    graph["extract_b"] = {"class_type": "DiTFExtractFeatures",
+                          "inputs": {**graph["extract"]["inputs"], "image": images["b"]}}
     graph["match"] = {"class_type": "DiTFCorrespondenceMatch", "inputs": {
         "source": ["extract", 0], "target": ["extract_b", 0], "source_image": images["a"], "target_image": images["b"],
         "points": points, "mode": mode, "max_points": 8, "cycle_tolerance": 2.0}}
@@ -75,7 +77,7 @@ def grid_points(count: int, width: int = 384, height: int = 288) -> str:
     return json.dumps(points)
 
 
-# --- refused before any work; the server carries on and the MODEL is untouched ------------------------------------------
+# --- refused before any work; the server carries on and the MODEL is untouched ----------------------------------------
 def test_values_past_the_bounds_are_refused_naming_the_input_and_the_bound(server):
     files = server.files
     before = server.run(flux_sampling_graph(files, 1))
@@ -139,7 +141,7 @@ def test_the_diffusers_listing_survives_a_link_loop(server):
     assert options[1]["options"] == [server.files["diffusers"]]  # listed once, not once per trip round the loop
 
 
-# --- Cancel ------------------------------------------------------------------------------------------------------------
+# --- Cancel -----------------------------------------------------------------------------------------------------------
 def test_cancel_stops_a_capture_inside_the_pass(server):
     """Block 1 of the model pauses until the test has pressed Cancel; the capture must stop at block 2's check, so
     block 3 (which leaves a file when it runs) never runs. The pass would otherwise go on to block 5."""
@@ -171,7 +173,7 @@ def test_cancel_stops_a_long_exact_match_between_chunks(server):
     first chunk reported progress stops the match there."""
     graph = match_graph(server.files, grid_points(MAX_POINTS, 2048, 1536), mode="exact", size=(2048, 1536))
     graph["extract"]["inputs"]["seed"] = 41  # not cached from another test: the match really runs
-    entry, progress, stopped = asyncio.run(_cancel_on_progress(server, graph, "match"))
+    entry, progress, stopped = _cancel_on_progress(server, graph, "match")
     print(f"Cancel during an exact match of 1024 points on 2048x1536 images: stopped {stopped:.2f} s after Cancel, "
           f"at {progress[-1][0]}/{progress[-1][1]} of its progress")
     assert [m["node_id"] for m in messages(entry, "execution_interrupted")] == ["match"]
@@ -180,37 +182,23 @@ def test_cancel_stops_a_long_exact_match_between_chunks(server):
     assert succeeded(server.run(flux_graph(server.files, extract={"seed": 42})))  # and the server carries on
 
 
-async def _cancel_on_progress(server, prompt: dict, node: str, timeout: float = 300.0):
-    """Queue ``prompt`` from a websocket client; press Cancel at ``node``'s first progress message. Returns (the
-    /history entry, the node's progress as (value, max) pairs, seconds from Cancel to the end of the run)."""
-    import aiohttp  # ComfyUI's own dependency
+def _cancel_on_progress(server, prompt: dict, node: str, timeout: float = 300.0):
+    """Queue ``prompt``; press Cancel at ``node``'s first progress message. Returns (the /history entry, the node's
+    progress as (value, max) pairs, seconds from Cancel to the end of the run)."""
+    progress, pressed = [], []
 
-    client = str(uuid.uuid4())
-    progress, pressed = [], None
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{server.url}/ws?clientId={client}") as socket:
-            async with session.post(f"{server.url}/prompt", json={"prompt": prompt, "client_id": client}) as reply:
-                assert reply.status == 200, await reply.text()
-                prompt_id = (await reply.json())["prompt_id"]
-            async with asyncio.timeout(timeout):
-                async for message in socket:
-                    if message.type != aiohttp.WSMsgType.TEXT:
-                        continue
-                    event = json.loads(message.data)
-                    data = event.get("data", {})
-                    if data.get("prompt_id") != prompt_id:
-                        continue
-                    if event["type"] == "progress" and data.get("node") == node:
-                        progress.append((data["value"], data["max"]))
-                        if pressed is None:
-                            pressed = time.monotonic()
-                            async with session.post(f"{server.url}/interrupt", json={}):
-                                pass
-                    if event["type"] in ("execution_interrupted", "execution_error", "execution_success"):
-                        break
-    assert pressed is not None, f"{node} never reported progress"
-    stopped = time.monotonic() - pressed
-    return server.wait(prompt_id), progress, stopped
+    async def on_event(kind: str, data: dict, session) -> bool:
+        if kind == "progress" and data.get("node") == node:
+            progress.append((data["value"], data["max"]))
+            if not pressed:
+                pressed.append(time.monotonic())
+                async with session.post(f"{server.url}/interrupt", json={}):
+                    pass
+        return kind in ("execution_interrupted", "execution_error", "execution_success")
+
+    prompt_id = asyncio.run(server.watch(prompt, on_event, timeout))
+    assert pressed, f"{node} never reported progress"
+    return server.wait(prompt_id), progress, time.monotonic() - pressed[0]
 
 
 def _wait_for(path: Path, timeout: float) -> None:

@@ -10,7 +10,6 @@ import io
 import json
 import math
 import re
-import uuid
 
 import numpy as np
 import pytest
@@ -78,31 +77,14 @@ def input_size(server, index=0) -> tuple[int, int]:
 
 def run_watching(server, prompt: dict, timeout: float = 120.0) -> tuple[dict, list[dict]]:
     """Queue ``prompt`` from a websocket client of its own; returns (its /history entry, the "executed" messages)."""
-    import aiohttp  # ComfyUI's own dependency: present wherever this tier runs, not in the core environment
+    executed = []
 
-    client = str(uuid.uuid4())
+    async def on_event(kind: str, data: dict, session) -> bool:
+        if kind == "executed":
+            executed.append(data)
+        return kind == "executing" and data.get("node") is None
 
-    async def watch():
-        executed = []
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{server.url}/ws?clientId={client}") as socket:
-                async with session.post(f"{server.url}/prompt", json={"prompt": prompt, "client_id": client}) as reply:
-                    assert reply.status == 200, await reply.text()
-                    prompt_id = (await reply.json())["prompt_id"]
-                async with asyncio.timeout(timeout):
-                    async for message in socket:
-                        if message.type != aiohttp.WSMsgType.TEXT:
-                            continue
-                        event = json.loads(message.data)
-                        data = event.get("data", {})
-                        if data.get("prompt_id") != prompt_id:
-                            continue
-                        if event["type"] == "executed":
-                            executed.append(data)
-                        if event["type"] == "executing" and data.get("node") is None:
-                            return prompt_id, executed
-
-    prompt_id, executed = asyncio.run(watch())
+    prompt_id = asyncio.run(server.watch(prompt, on_event, timeout))
     return server.wait(prompt_id), executed
 
 

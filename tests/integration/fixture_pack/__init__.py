@@ -109,7 +109,8 @@ class PausingModel(io.ComfyNode):
             node_id="DiTFTestPausingModel", category="DiTF/test", not_idempotent=True,
             description="Test only: a clone that pauses in one block and records whether a later block ran.",
             inputs=[io.Model.Input("model"), io.String.Input("token", default="pause"),
-                    io.Int.Input("pause_block", default=1, min=0, max=18), io.Int.Input("record_block", default=3, min=0, max=56),
+                    io.Int.Input("pause_block", default=1, min=0, max=18),
+                    io.Int.Input("record_block", default=3, min=0, max=56),
                     io.Float.Input("timeout", default=60.0, min=0.0, max=600.0)],
             outputs=[io.Model.Output(tooltip="a pausing clone")])
 
