@@ -19,7 +19,7 @@ from ditf_core.features import DiTFeatures
 from ditf_core.mapping import PixelMapping
 from ditf_core.matching import match_dense, match_points, parse_points
 from ditf_core.matching.points import MAX_POINTS
-from ditf_core.matching.search import UpsampledTarget, exact_nearest_pixels
+from ditf_core.matching.search import UpsampledTarget, exact_point_matches
 from ditf_core.recipe import PASS_BYTES_PER_TOKEN_CHANNEL, capture_ensemble, kept_bytes, plan_passes
 
 
@@ -70,16 +70,17 @@ def test_points_text_too_long_for_the_cap_is_refused_before_parsing():
 
 # --- chunked searches: bounded memory, progress, stop between chunks -----------------------------------------------
 def test_exact_search_works_through_the_points_in_chunks_that_fit_the_budget():
+    source = random_features((36, 28), (6, 4), seed=10).features[0]
     target = random_features((40, 30), (5, 4), seed=3).features[0]
     budget = 2000
     prepared = UpsampledTarget.prepare(target, (40, 30), budget)
     step = prepared.points_per_chunk(budget)
     assert step == budget // (5 * 40) and step * (4 + 1) * 40 <= budget  # [n, h+1, W] dots fit
-    queries = torch.randn(23, 16, generator=torch.Generator().manual_seed(4))
+    xy = torch.stack([torch.arange(23) % 36, torch.arange(23) % 28], dim=1)
     calls = []
-    chunked = exact_nearest_pixels(queries, target, (40, 30), chunk_elements=budget,
-                                   progress=lambda done, total: calls.append((done, total)))
-    whole = exact_nearest_pixels(queries, target, (40, 30), chunk_elements=1 << 24)
+    chunked = exact_point_matches(source, xy, (36, 28), target, (40, 30), chunk_elements=budget,
+                                  progress=lambda done, total: calls.append((done, total)))
+    whole = exact_point_matches(source, xy, (36, 28), target, (40, 30), chunk_elements=1 << 24)
     assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
     total = math.ceil(23 / step)
     assert calls == [(done, total) for done in range(1, total + 1)]

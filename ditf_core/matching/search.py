@@ -5,7 +5,7 @@
   in chunks so at most ``chunk_elements`` similarities exist at once (kornia's ``conv_soft_argmax2d`` would
   soft-argmax every window of the whole query x key volume, which is what we must avoid, so the windowed
   soft-argmax is written here).
-* :func:`exact_nearest_pixels` gives the paper protocol's answer: both maps bilinearly upsampled to their
+* :func:`exact_point_matches` gives the paper protocol's answer: both maps bilinearly upsampled to their
   ORIGINAL image sizes (``nn.Upsample(mode='bilinear')``, align_corners=False), cosine against every target
   pixel, argmax. It never builds the upsampled C x H x W target: an upsampled vector is a bilinear combination
   of 4 cell vectors, so its dot with the query is the same combination of 4 cell dots, and its squared norm
@@ -77,29 +77,34 @@ def nearest_cells(
     return torch.cat(uvs), torch.cat(scores), torch.cat(indices)
 
 
-def exact_nearest_pixels(
-    queries: torch.Tensor,
-    keys: torch.Tensor,
-    image_size: tuple[int, int],
+def exact_point_matches(
+    source: torch.Tensor,
+    xy: torch.Tensor,
+    source_size: tuple[int, int],
+    target: torch.Tensor,
+    target_size: tuple[int, int],
     allowed: torch.Tensor | None = None,
     *,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     progress: ProgressFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paper-protocol argmax over the bilinearly upsampled target.
+    """Paper-protocol matches of integer source pixels: argmax over the bilinearly upsampled target.
 
-    queries: [K, C] source vectors (any norm). keys: [C, h, w] raw target features. image_size: target (W, H).
-    allowed: bool [H, W] target pixels or None. Queries go in chunks of :meth:`UpsampledTarget.points_per_chunk`
-    (bounded memory whatever K); ``progress(done, total)`` is called after each chunk and may raise to stop.
-    Returns xy [K, 2] int64 target pixels and score [K] (cosine at that pixel).
+    source: [C, h_s, w_s] raw source features, upsampled to ``source_size`` (W, H) and read at xy [K, 2] (integer
+    pixels). target: [C, h, w] raw target features, upsampled to ``target_size`` (W, H). allowed: bool [H, W]
+    target pixels or None. The points go in chunks of :meth:`UpsampledTarget.points_per_chunk` (their source
+    vectors read per chunk too), so memory stays bounded whatever K; ``progress(done, total)`` is called after each
+    chunk and may raise to stop there.
+    Returns xy [K, 2] int64 target pixels and score [K] (cosine of the two upsampled vectors).
     """
-    target = UpsampledTarget.prepare(keys, image_size, chunk_elements)
-    step = target.points_per_chunk(chunk_elements)
-    total = -(-queries.shape[0] // step)
+    prepared = UpsampledTarget.prepare(target, target_size, chunk_elements)
+    step = prepared.points_per_chunk(chunk_elements)
+    total = -(-xy.shape[0] // step)
     found, scores = [], []
-    for done, start in enumerate(range(0, queries.shape[0], step), start=1):
-        xy, score = target.nearest(queries[start : start + step], allowed, chunk_elements)
-        found.append(xy)
+    for done, start in enumerate(range(0, xy.shape[0], step), start=1):
+        queries = upsampled_vectors(source, xy[start : start + step].long(), source_size)
+        matched, score = prepared.nearest(queries, allowed, chunk_elements)
+        found.append(matched)
         scores.append(score)
         if progress is not None:
             progress(done, total)

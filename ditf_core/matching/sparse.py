@@ -27,11 +27,10 @@ from .points import MAX_POINTS, check_points, format_points
 from .search import (
     DEFAULT_CHUNK_ELEMENTS,
     ProgressFn,
-    exact_nearest_pixels,
+    exact_point_matches,
     nearest_cells,
     progress_part,
     sample_descriptors,
-    upsampled_vectors,
 )
 
 MODES = ("fast", "exact")
@@ -128,9 +127,10 @@ def _match_exact(source, target, xy, target_mask, chunk_elements, progress):
     allowed = pixel_mask(target_mask, target, "target_mask")
     matched, scores = [], []
     for b in range(source.batch):
-        queries = upsampled_vectors(source.features[b], xy[b].long(), source.mapping.image_size)
-        found, score = exact_nearest_pixels(
-            queries,
+        found, score = exact_point_matches(
+            source.features[b],
+            xy[b],
+            source.mapping.image_size,
             target.features[b],
             target.mapping.image_size,
             None if allowed is None else allowed[b],
