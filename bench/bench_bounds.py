@@ -1,15 +1,21 @@
 """Benchmark: the cost of the values a shared workflow can carry into Correspondence Match (issue 10, section 3).
 
-    PYTHONPATH=. python bench/bench_bounds.py [--points 4096] [--size 640] [--modes exact fast] [--root DIR]
+    PYTHONPATH=. python bench/bench_bounds.py [--points 1024] [--size 640] [--modes exact fast] [--root DIR]
+                                              [--before DIR]
 
 Random Flux-width features (C = 3072, 16 px per cell, seeded), source and target images of ``--size`` px square.
 Each (mode, point count) runs in a fresh subprocess; time is one run (after one warm-up run of 8 points), memory
 the growth of the process's peak resident set size over its value right after the features were built
 (``ru_maxrss``: what the machine had to provide, temporaries and allocator overheads included).
 
-``--root`` imports ``ditf_core`` from another checkout (e.g. an export of the code before a change) so the same
-script measures before and after. ``--mask`` also times spreading points inside a full mask of that many pixels
-per side and dense matching with such masks (the mask-mode path of the node).
+glibc keeps freed blocks of the chunks' varying sizes instead of returning them, so on a long run the peak RSS creeps
+up with the number of chunks; run with ``MALLOC_MMAP_THRESHOLD_=65536`` (large blocks returned when freed) to see
+the memory the search itself holds (measured: flat at ~27 MB for 1024 and 4096 points, where the code before the
+chunking held 315 MB and 1329 MB).
+
+``--root`` imports ``ditf_core`` from another checkout; ``--before DIR`` also runs every case from DIR (e.g. an
+export of the code before a change: ``git archive <commit> | tar -x -C DIR``) and prints this checkout's time and
+memory as ratios of it.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ STRIDE = 16
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--points", type=int, nargs="+", default=[4096])
+    parser.add_argument("--points", type=int, nargs="+", default=[1024])
     parser.add_argument("--size", type=int, default=640, help="image side in pixels (640: a 40 x 40 feature grid)")
     parser.add_argument("--modes", nargs="+", default=["exact", "fast"], choices=["exact", "fast"])
     parser.add_argument("--root", default=str(Path(__file__).resolve().parents[1]), help="checkout to import from")
+    parser.add_argument("--before", help="also run from this checkout and print ratios to it")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "POINTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -40,19 +47,27 @@ def main() -> int:
         print(json.dumps(run_worker(args.worker[0], int(args.worker[1]), args.size)))
         return 0
     print(f"{args.size} px images, {args.size // STRIDE} x {args.size // STRIDE} x {CHANNELS} features, ditf_core "
-          f"from {args.root}")
+          f"from {args.root}" + (f" (before: {args.before})" if args.before else ""))
     for mode in args.modes:
         for count in args.points:
-            command = [sys.executable, __file__, "--worker", mode, str(count), "--size", str(args.size),
-                       "--root", args.root]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                print(f"{mode:5s} {count:>7,d} points: failed\n{done.stderr[-2000:]}")
-                continue
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{mode:5s} {count:>7,d} points: {result['seconds']:8.2f} s, peak +{result['peak_mb']:8.0f} MB, "
-                  f"{1e3 * result['seconds'] / count:.3f} ms per point")
+            roots = {"before": args.before, "now": args.root} if args.before else {"now": args.root}
+            results = {name: spawn(mode, count, args.size, root) for name, root in roots.items()}
+            for name, result in results.items():
+                print(f"{name:6s} {mode:5s} {count:>7,d} points: {result['seconds']:8.2f} s, peak "
+                      f"+{result['peak_mb']:6.0f} MB, {1e3 * result['seconds'] / count:.3f} ms per point")
+            if args.before:
+                before, now = results["before"], results["now"]
+                print(f"       now / before: time {now['seconds'] / before['seconds']:.2f}x, peak memory "
+                      f"{max(now['peak_mb'], 1) / max(before['peak_mb'], 1):.2f}x")
     return 0
+
+
+def spawn(mode: str, count: int, size: int, root: str) -> dict:
+    command = [sys.executable, __file__, "--worker", mode, str(count), "--size", str(size), "--root", root]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{mode} with {count} points from {root} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_worker(mode: str, count: int, size: int) -> dict:

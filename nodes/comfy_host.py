@@ -290,7 +290,7 @@ def _capture_patch(consumer: list, reached: set, layer: int, block, modulation, 
 
 def _interrupt_patch(replaced):
     """The patch of a block before the deepest requested one that captures nothing: Cancel is honoured there (one
-    pass at 4096 px takes minutes), then the block runs as it would have (through a patch already there, if any)."""
+    pass at 2048 px takes minutes on a CPU), then the block runs as it would have (through a patch already there)."""
 
     def patch(args: dict, extra: dict) -> dict:
         check_interrupted()

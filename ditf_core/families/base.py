@@ -143,7 +143,7 @@ class DiTFamily:
         raise ValueError(f"{name} {resolution} gives {problem}; {fix}")
 
     def largest_resolution(self, transformer: nn.Module, image_size: tuple[int, int], below: int) -> int | None:
-        """The largest resolution under ``below`` (a multiple of 16 px when one fits) whose grid the model takes."""
+        """The largest resolution under ``below``, a multiple of 16 px, whose grid the model takes (None: none)."""
         stride = self.patch * self.vae_factor
 
         def fits(resolution: int) -> bool:
@@ -156,8 +156,7 @@ class DiTFamily:
         while low < high:
             middle = (low + high + 1) // 2
             low, high = (middle, high) if fits(middle) else (low, middle - 1)
-        rounded = low - low % stride
-        return rounded if rounded >= stride else low
+        return low - low % stride  # a smaller resolution never has a larger grid, so this fits too
 
     def check_latent_size(self, transformer: nn.Module, height: int, width: int) -> None:
         """Raise a clear error when a latent of ``height x width`` cells cannot go through the model."""

@@ -19,8 +19,9 @@ from ..errors import DiTFInputError
 # The most points one match takes (per image pair). People click tens of points and a mask spreads at most 256;
 # 1024 (a 32 x 32 grid) leaves room for points made by other nodes, and past that the dense matches (every feature
 # cell, both ways, computed anyway) are the better tool. It bounds the time a shared workflow's points can cost:
-# "exact" compares every point with every target pixel (bench/bench_bounds.py: ~2-4 ms a point at 640 px on a quiet
-# 2-core CPU, so a few seconds for 1024); memory stays bounded by the search's chunks whatever the count.
+# "exact" compares every point with every target pixel, ~20 ms a point for a 640 px target on a busy 2-core CPU
+# (bench/bench_bounds.py), so ~20 s for 1024 points ("fast": ~0.5 s), stoppable between chunks; memory stays
+# bounded by the search's chunks whatever the count.
 MAX_POINTS = 1024
 # Text longer than this cannot hold MAX_POINTS points in any sensible layout (pretty-printed KJNodes JSON takes
 # ~50 characters a point): refused before parsing, so a huge text costs no parse.

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 22  # similarities alive at once (16 MB of float32)
-# Point x target-pixel cosines per chunk of the exact search (~0.1-0.5 s of work on a 2-core CPU), so a Cancel
-# between chunks acts within about that even on large target images (a 2048 x 1536 target: 5 points a chunk).
-EXACT_CHUNK_COSINES = 1 << 24
+# Point x target-pixel cosines per chunk of the exact search (~0.5 s of work on a 2-core CPU), so a Cancel between
+# chunks acts within about that even on large target images (a 2048 x 1536 target: 10 points a chunk).
+EXACT_CHUNK_COSINES = 1 << 25
 
 # progress(done, total): called after each chunk of a search; it may raise (e.g. ComfyUI's Cancel) to stop there.
 ProgressFn = Callable[[int, int], None]
@@ -98,11 +98,12 @@ def exact_point_matches(
     Returns xy [K, 2] int64 target pixels and score [K] (cosine of the two upsampled vectors).
     """
     prepared = UpsampledTarget.prepare(target, target_size, chunk_elements)
+    padded = _replicate_pad(source.to(torch.float32))
     step = prepared.points_per_chunk(chunk_elements)
     total = -(-xy.shape[0] // step)
     found, scores = [], []
     for done, start in enumerate(range(0, xy.shape[0], step), start=1):
-        queries = upsampled_vectors(source, xy[start : start + step].long(), source_size)
+        queries = upsampled_vectors(source, xy[start : start + step].long(), source_size, padded)
         matched, score = prepared.nearest(queries, allowed, chunk_elements)
         found.append(matched)
         scores.append(score)
@@ -114,16 +115,15 @@ def exact_point_matches(
 @dataclass(frozen=True)
 class UpsampledTarget:
     """A target map [C, h, w] prepared once for exact search at its image size (W, H): the map padded by one
-    replicated row and column, torch's bilinear indices and weights, and the squared norms of every upsampled
-    target pixel expressed per feature row (``row_norm2`` [h+1, W], ``row_cross`` [h, W]: the Gram terms)."""
+    replicated row and column, torch's bilinear indices and weights, and the norm of every upsampled target pixel
+    ``norm`` [H, W] (a quadratic form in the Gram terms of its 4 cells; F.normalize's eps applied)."""
 
     pad: torch.Tensor
     row_index: torch.Tensor
     row_weight: torch.Tensor
     col_index: torch.Tensor
     col_weight: torch.Tensor
-    row_norm2: torch.Tensor
-    row_cross: torch.Tensor
+    norm: torch.Tensor
 
     @classmethod
     def prepare(cls, keys: torch.Tensor, image_size: tuple[int, int], chunk_elements: int) -> UpsampledTarget:
@@ -133,10 +133,19 @@ class UpsampledTarget:
         j, b1 = interpolation_weights(width, keys.shape[2])
         b0 = 1.0 - b1
         gram = _neighbour_gram(pad, chunk_elements)
+        # per feature row, columns upsampled: squared norms [h+1, W] and the cross term with the next row [h, W]
         row_norm2 = b0 * b0 * gram["self"][:, j] + b1 * b1 * gram["self"][:, j + 1] + 2 * b0 * b1 * gram["right"][:, j]
         row_cross = b0 * b0 * gram["down"][:, j] + b1 * b1 * gram["down"][:, j + 1]
         row_cross = row_cross + b0 * b1 * (gram["diag"][:, j] + gram["anti"][:, j])
-        return cls(pad, row_index, row_weight, j, b1, row_norm2, row_cross)
+        norm = torch.empty(height, width)
+        rows = max(1, chunk_elements // width)
+        for y0 in range(0, height, rows):  # in row chunks: a few [rows, W] temporaries at a time
+            i = row_index[y0 : y0 + rows]
+            a1 = row_weight[y0 : y0 + rows, None]
+            a0 = 1.0 - a1
+            norm2 = a0 * a0 * row_norm2[i] + a1 * a1 * row_norm2[i + 1] + 2 * a0 * a1 * row_cross[i]
+            norm[y0 : y0 + rows] = norm2.clamp_min(0).sqrt().clamp_min(1e-12)  # F.normalize's eps
+        return cls(pad, row_index, row_weight, j, b1, norm)
 
     def points_per_chunk(self, chunk_elements: int) -> int:
         """Queries whose column-interpolated dots ([n, h+1, W]) fit in ``chunk_elements`` and whose cosines with
@@ -159,11 +168,9 @@ class UpsampledTarget:
         for y0 in range(0, height, rows):
             i = self.row_index[y0 : y0 + rows]
             a1 = self.row_weight[y0 : y0 + rows, None]
-            a0 = 1.0 - a1
-            norm2 = a0 * a0 * self.row_norm2[i] + a1 * a1 * self.row_norm2[i + 1] + 2 * a0 * a1 * self.row_cross[i]
             # in place: only two [n, r, W] blocks exist at a time
-            cosine = dots[:, i].mul_(a0).addcmul_(dots[:, i + 1], a1)
-            cosine.div_(norm2.clamp_min(0).sqrt().clamp_min(1e-12))  # F.normalize's eps
+            cosine = dots[:, i].mul_(1.0 - a1).addcmul_(dots[:, i + 1], a1)
+            cosine.div_(self.norm[y0 : y0 + rows])
             if allowed is not None:
                 cosine.masked_fill_(~allowed[y0 : y0 + rows], float("-inf"))
             index = cosine.flatten(1).argmax(dim=1)  # argmax: documented to return the first maximum
@@ -186,15 +193,17 @@ def progress_part(progress: ProgressFn | None, part: int, parts: int) -> Progres
     return report
 
 
-def upsampled_vectors(features: torch.Tensor, xy: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+def upsampled_vectors(features: torch.Tensor, xy: torch.Tensor, image_size: tuple[int, int],
+                      padded: torch.Tensor | None = None) -> torch.Tensor:
     """Vectors of ``features`` [C, h, w] upsampled (bilinear, align_corners=False) to ``image_size`` (W, H),
-    read at integer pixels xy [K, 2] -> [K, C], without upsampling the whole map."""
+    read at integer pixels xy [K, 2] -> [K, C], without upsampling the whole map. padded: the map as
+    ``_replicate_pad`` makes it, when the caller reads several chunks of points (padded once)."""
     width, height = image_size
     row_index, row_weight = interpolation_weights(height, features.shape[1])
     col_index, col_weight = interpolation_weights(width, features.shape[2])
     x, y = xy[:, 0].long(), xy[:, 1].long()
     i, j, a1, b1 = row_index[y], col_index[x], row_weight[y], col_weight[x]
-    pad = _replicate_pad(features.to(torch.float32))
+    pad = _replicate_pad(features.to(torch.float32)) if padded is None else padded
     a0, b0 = 1.0 - a1, 1.0 - b1
     # same evaluation order as torch's upsample_bilinear2d kernel
     top = b0 * pad[:, i, j] + b1 * pad[:, i, j + 1]
