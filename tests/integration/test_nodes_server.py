@@ -203,6 +203,12 @@ def resized_source_image(graph):
     graph["match"]["inputs"]["source_image"] = ["small", 0]
 
 
+def resized_target_image(graph):
+    graph["small_b"] = {"class_type": "ImageScale", "inputs": {
+        "image": ["img2", 0], "upscale_method": "bilinear", "width": 192, "height": 144, "crop": "disabled"}}
+    graph["match"]["inputs"]["target_image"] = ["small_b", 0]
+
+
 def other_layer(graph):
     graph["ex_b"]["inputs"]["layer"] = 2
 
@@ -220,6 +226,7 @@ def no_vae_but_latent_used(graph):
     ({"points": '[{"x": 5000, "y": 10}]'}, "lies outside the 384x288 source image"),
     (mismatched_batches, "source features hold 2 images but target features 3"),
     (resized_source_image, "source_image is 200x150 but the source features were extracted from images of 384x288"),
+    (resized_target_image, "target_image is 192x144 but the target features were extracted from images of 384x288"),
     (other_layer, "source was extracted with layer=3 but target with layer=2"),
     (no_target_image, "method appearance needs target_image"),
     (no_vae_but_latent_used, "LATENT output of Warp / Appearance Transfer (DiTF) needs a VAE"),
