@@ -1,9 +1,11 @@
-"""Benchmark: the cost of the values a shared workflow can carry into Correspondence Match (issue 10, section 3).
+"""Benchmark: the cost of the values a shared workflow can carry, after their bounds (issue 10, section 3).
 
     PYTHONPATH=. python bench/bench_bounds.py [--points 1024] [--size 640] [--modes exact fast] [--root DIR]
                                               [--before DIR]
 
-Random Flux-width features (C = 3072, 16 px per cell, seeded), source and target images of ``--size`` px square.
+First the bounds that refuse before any work (100,000 points, a Flux resolution of 4096) and the models/diffusers
+listing on a folder with link loops, timed in a fresh subprocess. Then Correspondence Match: random Flux-width
+features (C = 3072, 16 px per cell, seeded), source and target images of ``--size`` px square.
 Each (mode, point count) runs in a fresh subprocess; time is one run (after one warm-up run of 8 points), memory
 the growth of the process's peak resident set size over its value right after the features were built
 (``ru_maxrss``: what the machine had to provide, temporaries and allocator overheads included).
@@ -46,6 +48,10 @@ def main() -> int:
         sys.path.insert(0, args.root)
         print(json.dumps(run_worker(args.worker[0], int(args.worker[1]), args.size)))
         return 0
+    refusals = spawn("refusals", 0, args.size, args.root)
+    print("refused before any work (median of 5):")
+    for name, seconds in refusals.items():
+        print(f"  {name}: {1e6 * seconds:,.1f} µs")
     print(f"{args.size} px images, {args.size // STRIDE} x {args.size // STRIDE} x {CHANNELS} features, ditf_core "
           f"from {args.root}" + (f" (before: {args.before})" if args.before else ""))
     for mode in args.modes:
@@ -71,6 +77,8 @@ def spawn(mode: str, count: int, size: int, root: str) -> dict:
 
 
 def run_worker(mode: str, count: int, size: int) -> dict:
+    if mode == "refusals":
+        return time_refusals()
     import torch
 
     from ditf_core.features import DiTFeatures
@@ -93,6 +101,51 @@ def run_worker(mode: str, count: int, size: int) -> dict:
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": seconds, "peak_mb": (peak - base) / 1024}
+
+
+def time_refusals() -> dict:
+    """Seconds each bound takes to refuse (or, for the folder walk, to finish) what a shared workflow can carry."""
+    import os
+    import tempfile
+
+    import torch
+    from timing import median_seconds
+
+    from ditf_core.demo_model import build_tiny_flux
+    from ditf_core.errors import DiTFInputError
+    from ditf_core.families.flux import FluxFamily
+    from ditf_core.matching import parse_points
+    from ditf_core.model_folders import pipeline_folders
+
+    def refused(check, error=ValueError):
+        def run():
+            try:
+                check()
+            except error:
+                return
+            raise AssertionError("not refused")
+
+        return run
+
+    text = json.dumps([{"x": i % 640, "y": i // 640} for i in range(100_000)])
+    flux, many = build_tiny_flux(), torch.zeros(100_000, 2)
+    timings = {
+        f"100,000 points as KJNodes JSON ({len(text) / 1e6:.1f} MB of text)": median_seconds(
+            refused(lambda: parse_points(text), DiTFInputError)),
+        "100,000 points as a [K, 2] tensor": median_seconds(
+            refused(lambda: parse_points(many), DiTFInputError)),
+        "Flux resolution 4096 on a 384x288 image (with the largest allowed value)": median_seconds(
+            refused(lambda: FluxFamily().check_resolution(flux, (384, 288), 4096))),
+    }
+    with tempfile.TemporaryDirectory() as root:
+        for name in ("flux-dev", "org/models--org--sd35/snapshots/abc"):
+            os.makedirs(os.path.join(root, name))
+            open(os.path.join(root, name, "model_index.json"), "w").close()
+        os.symlink(".", os.path.join(root, "loop"))  # a -> .
+        os.symlink("..", os.path.join(root, "org", "up"))
+        timings["listing models/diffusers holding the link loops loop -> . and org/up -> .."] = median_seconds(
+            lambda: pipeline_folders(root))
+    return timings
 
 
 if __name__ == "__main__":

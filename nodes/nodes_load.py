@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import os
-from collections import deque
 
 import folder_paths
 import torch
 from comfy_api.latest import io
 from typing_extensions import override
 
+from ..ditf_core.model_folders import pipeline_folders
 from ..ditf_core.pipeline import load_pipeline, resolve_device_dtype
 from . import comfy_host
 from .checks import check_choice
@@ -22,10 +21,6 @@ WEIGHT_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloa
 
 MODEL_TOOLTIP = "The DITF_MODEL: your DiT ready for Extract DiTF Features (it shares the loaded weights)."
 SUMMARY_TOOLTIP = "Family, block count, split point and default settings, as text (wire it to a text preview)."
-# The diffusers-folder listing: how deep below models/diffusers a pipeline folder may sit (org/name/... and the
-# Hugging Face cache layout models--org--name/snapshots/<hash> are 3 deep) and how many folders it visits at most.
-MAX_FOLDER_DEPTH = 4
-MAX_FOLDERS = 10000
 
 
 class LoadDiT(io.ComfyNode):
@@ -118,40 +113,6 @@ def diffusers_folders() -> list[str]:
         if os.path.isdir(root):
             found += [os.path.relpath(path, root) for path in pipeline_folders(root)]
     return sorted(set(found))
-
-
-def pipeline_folders(root: str, max_depth: int = MAX_FOLDER_DEPTH, max_folders: int = MAX_FOLDERS) -> list[str]:
-    """Folders below ``root`` that hold a model_index.json, breadth first, following links.
-
-    The listing runs while ComfyUI starts (the node's schema lists the folders), so the walk is bounded: each real
-    folder is entered once (a link loop such as ``a -> .`` would otherwise be walked forever), at most
-    ``max_depth`` levels below ``root``, at most ``max_folders`` folders in all (then a warning), and a pipeline
-    folder's own subfolders (transformer/, vae/, ...) are not searched.
-    """
-    visited = {os.path.realpath(root)}
-    pending = deque([(root, 0)])
-    found = []
-    while pending:
-        path, depth = pending.popleft()
-        try:
-            with os.scandir(path) as entries:
-                children = sorted(entry.path for entry in entries if entry.is_dir())  # is_dir follows links
-        except OSError:
-            continue  # unreadable or vanished: nothing to list there
-        for child in children:
-            real = os.path.realpath(child)
-            if real in visited:
-                continue
-            if len(visited) > max_folders:
-                logging.warning("DiTF: stopped listing models/diffusers after %d folders under %s; keep diffusers "
-                                "folders at most %d levels deep in a smaller tree", max_folders, root, max_depth)
-                return found
-            visited.add(real)
-            if os.path.isfile(os.path.join(child, "model_index.json")):
-                found.append(child)
-            elif depth + 1 < max_depth:
-                pending.append((child, depth + 1))
-    return found
 
 
 def resolve_diffusers_folder(name: str) -> str:
