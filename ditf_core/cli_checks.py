@@ -141,11 +141,11 @@ def check_sampling_options(args, plan: ModelPlan, image_sizes: Sequence[tuple[in
     if not low <= resolution <= high:
         raise DiTFInputError(f"--resolution must be between {low} and {high} pixels (the long side fed to the "
                              f"model), got {resolution}")
-    stride = plan.family.patch * plan.family.vae_factor
-    for width, height in image_sizes:
-        model_w, model_h = PixelMapping.for_image(width, height, resolution, stride).model_size
-        _named("--resolution", plan.family.check_latent_size, plan.skeleton, model_h // plan.family.vae_factor,
-               model_w // plan.family.vae_factor)
+    for size in image_sizes:  # what this model takes (SD3's position embeddings, the token bound), per image
+        try:
+            plan.family.check_resolution(plan.skeleton, size, resolution, name="--resolution")
+        except ValueError as error:
+            raise DiTFInputError(str(error)) from None
 
 
 def check_layer_list(layers: Sequence[int], plan: ModelPlan, option: str) -> list[int]:

@@ -23,7 +23,15 @@ from .images import as_image_batch, resize_for_model
 from .loading import ModelFiles, find_model_files, load_model, probe_model
 from .mapping import PixelMapping
 from .massive import find_massive_channels
-from .recipe import EnsembleCapture, ProgressFn, apply_recipe, capture_ensemble, check_channels, check_timestep
+from .recipe import (
+    EnsembleCapture,
+    ProgressFn,
+    apply_recipe,
+    capture_ensemble,
+    check_channels,
+    check_timestep,
+    plan_passes,
+)
 
 MODES = ("ditf", "adaln", "original")
 MODE_HELP = {
@@ -202,6 +210,7 @@ class DiTFPipeline:
         layers: Sequence[int] | None = None,
         micro_batch: int | None = None,
         progress: ProgressFn | None = None,
+        available_memory: int | None = None,
         **settings,
     ) -> PipelineCapture:
         """The raw multi-layer capture behind :meth:`extract` (recipe steps 1-5), for analysis.
@@ -209,10 +218,21 @@ class DiTFPipeline:
         One early-exit pass per micro-batch captures every block in ``layers`` (default: the settings' layer);
         each comes back ensemble-averaged with its own modulation (:class:`~ditf_core.recipe.EnsembleCapture`).
         images and settings as in :meth:`extract` (``mode`` is validated but not used here).
+        available_memory: free bytes on ``self.device`` (the caller measures them: device memory on a GPU,
+        available RAM on the CPU); without a ``micro_batch`` it sets the images per pass, and a capture that
+        cannot fit is refused before any work (:func:`~ditf_core.recipe.plan_passes`). The resolution is checked
+        against what the model takes (:meth:`~ditf_core.families.DiTFamily.check_resolution`) first.
         """
         s = self.settings(**settings)
         pixels = as_image_batch(images)
-        mapping = PixelMapping.for_image(pixels.shape[-1], pixels.shape[-2], s.resolution, self.stride)
+        mapping = self.family.check_resolution(self.transformer, (pixels.shape[-1], pixels.shape[-2]), s.resolution)
+        if available_memory is not None and micro_batch is None:
+            micro_batch = plan_passes(
+                images=pixels.shape[0], tokens=mapping.grid_size[0] * mapping.grid_size[1],
+                hidden_size=self.family.hidden_size(self.transformer),
+                blocks_kept=1 if layers is None else len(set(layers)), available_bytes=available_memory,
+                device=self.device,
+            )
         generator = torch.Generator("cpu").manual_seed(s.seed)
         latents = self.encode(pixels, mapping, s.ensemble, generator)
         noise = draw_noise(latents.shape, generator)

@@ -18,10 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .capture import Consumer, capture_blocks, check_layers
+from .capture import Consumer, Interrupt, capture_blocks, check_layers
+from .errors import DiTFInputError
 from .families import DiTFamily, Modulation, family_for
 
 LAYER_NORM_EPS = 1e-6
+# Activations one row (one image of one noise draw) of a forward pass needs, in bytes per image token and hidden
+# channel: a Flux single-stream block holds its input, the 7C-wide fused qkv + MLP projection, q/k/v, the attention
+# output and the 4C MLP activation at once (~24 values per token and channel, 4 bytes in float32). ComfyUI's own
+# Flux estimate (memory_usage_factor 3.1) comes to ~85 bytes per token and channel in bf16.
+PASS_BYTES_PER_TOKEN_CHANNEL = 96
 
 ProgressFn = Callable[[int, int], None]
 
@@ -118,8 +124,13 @@ def capture_ensemble(
     micro_batch: int | None = None,
     progress: ProgressFn | None = None,
     family: DiTFamily | None = None,
+    interrupt: Interrupt | None = None,
 ) -> dict[int, EnsembleCapture]:
-    """Ensemble-averaged raw inputs of ``layers`` (one early-exit pass per micro-batch covers all of them)."""
+    """Ensemble-averaged raw inputs of ``layers`` (one early-exit pass per micro-batch covers all of them).
+
+    interrupt: called before every block up to the deepest of ``layers`` (see :func:`~.capture.capture_blocks`);
+    it may raise to stop within one block. progress(done, total) is called after each pass.
+    """
     family = family or family_for(transformer)
     layers = check_layers(transformer, family, layers)
     t = check_timestep(t)
@@ -132,7 +143,7 @@ def capture_ensemble(
         cond = text_embeds[images].to(device=device, dtype=dtype)
         vec = pooled[images].to(device=device, dtype=dtype)
         capture_blocks(transformer, family, layers, lambda: family.forward(transformer, x_t, t, cond, vec, guidance),
-                       consume)
+                       consume, interrupt)
 
     averaged = average_over_ensemble(clean, noise, t=t, run=run, micro_batch=micro_batch, progress=progress)
     blocks = family.blocks(transformer)
@@ -188,6 +199,44 @@ def average_over_ensemble(
         if progress is not None:
             progress(done, passes)
     return {layer: (total / ensemble, vectors[layer]) for layer, total in sums.items()}
+
+
+def plan_passes(
+    *, images: int, tokens: int, hidden_size: int, blocks_kept: int, available_bytes: int | None,
+    device: torch.device | str = "cpu",
+) -> int:
+    """Images per forward pass (each pass runs one noise draw of up to that many images) that fit in memory.
+
+    The capture keeps one float32 running sum [images, tokens, hidden_size] per captured block for the whole run
+    (``images x tokens x hidden_size x blocks_kept x 4`` bytes: the Inspector's sweep keeps every block) and each
+    image in a pass needs about ``tokens x hidden_size x PASS_BYTES_PER_TOKEN_CHANNEL`` bytes of activations.
+    available_bytes: free memory on ``device``, where the capture runs (device memory on a GPU, available RAM on
+    the CPU; the caller measures it); None: no check, all images in one pass. Raises
+    :class:`~.errors.DiTFInputError` naming the memory it would take and what to lower when not even one image
+    per pass fits next to the sums.
+    """
+    kept = kept_bytes(images, tokens, hidden_size, blocks_kept)
+    per_image = tokens * hidden_size * PASS_BYTES_PER_TOKEN_CHANNEL
+    if available_bytes is None:
+        return images
+    if kept + per_image > available_bytes:
+        device = torch.device(device)
+        where = "RAM" if device.type == "cpu" else f"{device} memory"
+        lower = "fewer images or a lower resolution"
+        if blocks_kept > 1:
+            lower += ", or keep fewer blocks (fewer layers; sweep off keeps only the layers)"
+        raise DiTFInputError(
+            f"this capture needs about {_size(kept + per_image)} ({images} image(s) x {tokens:,} tokens x "
+            f"{hidden_size} channels x {blocks_kept} block(s) kept x 4 bytes = {_size(kept)}, plus "
+            f"{_size(per_image)} for one image's forward pass) but only {_size(available_bytes)} is free "
+            f"in {where}; use {lower}"
+        )
+    return max(1, min(images, (available_bytes - kept) // per_image))
+
+
+def kept_bytes(images: int, tokens: int, hidden_size: int, blocks_kept: int) -> int:
+    """Memory of the capture's running sums: float32 [images, tokens, hidden_size] per captured block."""
+    return images * tokens * hidden_size * blocks_kept * 4
 
 
 def check_timestep(t: object) -> float:
@@ -246,6 +295,14 @@ def _check_micro_batch(micro_batch, rows):
     if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
         raise ValueError(f"micro_batch must be a positive integer (rows per forward pass), got {micro_batch!r}")
     return min(micro_batch, rows)
+
+
+def _size(count: int) -> str:
+    """Bytes for people: 103.08 GB, 12.6 MB, 3.1 kB."""
+    for unit, scale, decimals in (("GB", 1e9, 2), ("MB", 1e6, 1)):
+        if count >= scale:
+            return f"{count / scale:.{decimals}f} {unit}"
+    return f"{count / 1e3:.1f} kB"
 
 
 def _device_dtype(transformer: nn.Module) -> tuple[torch.device, torch.dtype]:

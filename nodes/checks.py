@@ -64,30 +64,30 @@ def parse_discard(text) -> str | list[int]:
     return channels
 
 
-def image_batch(image) -> torch.Tensor:
+def image_batch(image, name: str = "image") -> torch.Tensor:
     """A ComfyUI IMAGE [B, H, W, C] (C = 1 grey, 3 RGB or 4 RGBA) -> float32 [B, 3, H, W] in [0, 1] on the CPU.
 
     Grey is repeated to RGB and alpha dropped (the model sees colour only); values a hair outside [0, 1] are
-    clamped, anything further out is rejected.
+    clamped, anything further out is rejected. name: the input's name, for the messages.
     """
     if not isinstance(image, torch.Tensor):
-        raise TypeError(f"image must be a ComfyUI IMAGE tensor [B, H, W, C], got {type(image).__name__}")
+        raise TypeError(f"{name} must be a ComfyUI IMAGE tensor [B, H, W, C], got {type(image).__name__}")
     if image.ndim != 4:
         hint = " (that looks like a MASK: convert it with 'Convert Mask to Image')" if image.ndim == 3 else ""
-        raise ValueError(f"image must be an IMAGE [B, H, W, C], got shape {list(image.shape)}{hint}")
+        raise ValueError(f"{name} must be an IMAGE [B, H, W, C], got shape {list(image.shape)}{hint}")
     if image.shape[-1] not in (1, 3, 4):
         raise ValueError(
-            f"image must have 1 (grey), 3 (RGB) or 4 (RGBA) channels in its last dimension, got {list(image.shape)}"
+            f"{name} must have 1 (grey), 3 (RGB) or 4 (RGBA) channels in its last dimension, got {list(image.shape)}"
         )
     pixels = image.detach().to("cpu", torch.float32)
     if pixels.numel() == 0:
-        raise ValueError(f"image is empty: shape {list(image.shape)}")
+        raise ValueError(f"{name} is empty: shape {list(image.shape)}")
     if not torch.isfinite(pixels).all():
-        raise ValueError("image contains NaN or infinite values; check the node that produced it")
+        raise ValueError(f"{name} contains NaN or infinite values; check the node that produced it")
     low, high = float(pixels.min()), float(pixels.max())
     if low < -IMAGE_TOLERANCE or high > 1.0 + IMAGE_TOLERANCE:
         raise ValueError(
-            f"image values must lie in [0, 1] (ComfyUI's IMAGE convention), got [{low:.3g}, {high:.3g}]; "
+            f"{name} values must lie in [0, 1] (ComfyUI's IMAGE convention), got [{low:.3g}, {high:.3g}]; "
             "normalise or clamp the image first"
         )
     return as_image_batch(pixels.clamp(0.0, 1.0).movedim(-1, 1))

@@ -40,7 +40,7 @@ from ..ditf_core.capture import Consumer, check_reached
 from ..ditf_core.families import DiTFamily, FamilyDefaults, Modulation
 from ..ditf_core.images import resize_for_model
 from ..ditf_core.pipeline import draw_noise
-from ..ditf_core.recipe import EnsembleCapture, ProgressFn, average_over_ensemble
+from ..ditf_core.recipe import EnsembleCapture, ProgressFn, average_over_ensemble, kept_bytes
 from .families import ComfyFamily, HostShape, comfy_family_for
 from .model import DEFAULT_GUIDANCE, TextConditioning, parse_conditioning
 
@@ -154,16 +154,6 @@ class ComfyHost:
         key = f"{self.family.name}:{self.describe()['config_sha256']}:{digest.hexdigest()[:16]}"
         return key + (f":patches-{self.model.patches_uuid}" if self.model.patches else "")
 
-    def check_grid(self, grid: tuple[int, int]) -> None:
-        """grid: (width, height) feature cells; position embeddings (SD3) may cap the token grid."""
-        limit = self.shape.max_tokens
-        if limit is not None and max(grid) > limit:
-            pixels = limit * self.family.patch * self.family.vae_factor
-            raise ValueError(
-                f"this {self.family.label} has position embeddings for at most {limit}x{limit} tokens "
-                f"({pixels} px); lower the resolution"
-            )
-
     def encode(self, pixels: torch.Tensor, mapping, ensemble: int, generator: torch.Generator) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> clean normalised latents [1, B, C, h, w] (one per image)."""
         check_interrupted()
@@ -183,10 +173,17 @@ class ComfyHost:
         context = torch.zeros(1, self.family.zero_text_tokens, self.context_dim)
         return TextConditioning(context, torch.zeros(1, self.pooled_dim or 1), DEFAULT_GUIDANCE, "zero")
 
+    @property
+    def device(self) -> torch.device:
+        """Where the capture runs (and keeps its sums): ComfyUI's torch device."""
+        return torch_device()
+
     def capture(self, latents, noise, *, t: float, layers: list[int], conditioning: TextConditioning,
-                progress: ProgressFn | None = None) -> dict[int, EnsembleCapture]:
-        """Block inputs of ``layers`` averaged over the ensemble, one early-exit pass per draw (all images)."""
+                progress: ProgressFn | None = None, micro_batch: int | None = None) -> dict[int, EnsembleCapture]:
+        """Block inputs of ``layers`` averaged over the ensemble, one early-exit pass per draw (all images, or
+        ``micro_batch`` images per pass)."""
         batch = latents.shape[1]
+        micro_batch = micro_batch or batch
         patch = self.family.patch
         grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
         context = conditioning.context.expand(batch, *conditioning.context.shape[1:])
@@ -195,16 +192,21 @@ class ComfyHost:
         consumer: list[Consumer] = []  # the running pass's consumer, read by the patches
         clone = self.model.clone()
         blocks = self.family.blocks(self.structure)
-        for layer in layers:
+        patches = clone.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+        for layer in range(layers[-1] + 1):  # Cancel is checked at every block up to the deepest requested one
+            key = self.adapter.patch_key(self.structure, layer)
+            if layer not in layers:
+                clone.set_model_patch_replace(_interrupt_patch(patches.get(key)), "dit", *key)
+                continue
             tokens = self.adapter.image_slice(self.structure, layer, context.shape[1], grid[0] * grid[1])
             patch_fn = _capture_patch(consumer, reached, self.adapter, layer, blocks[layer], tokens,
                                       stop=layer == layers[-1])
-            clone.set_model_patch_replace(patch_fn, "dit", *self.adapter.patch_key(self.structure, layer))
+            clone.set_model_patch_replace(patch_fn, "dit", *key)
         base = clone.model
-        shape = [batch, *latents.shape[2:]]
-        comfy.model_management.load_models_gpu(
-            [clone], memory_required=base.memory_required(shape), minimum_memory_required=base.memory_required(shape)
-        )
+        shape = [micro_batch, *latents.shape[2:]]
+        # room for one pass's activations and for the running sums the capture keeps on the device
+        required = base.memory_required(shape) + kept_bytes(batch, grid[0] * grid[1], self.hidden_size, len(layers))
+        comfy.model_management.load_models_gpu([clone], memory_required=required, minimum_memory_required=required)
         device = clone.load_device  # where load_models_gpu put the weights (as samplers do)
         options = clone.model_options["transformer_options"]
 
@@ -224,7 +226,7 @@ class ComfyHost:
             check_reached(layers, reached)
 
         try:
-            averaged = average_over_ensemble(latents, noise, t=t, run=run, micro_batch=batch, progress=progress)
+            averaged = average_over_ensemble(latents, noise, t=t, run=run, micro_batch=micro_batch, progress=progress)
         finally:
             consumer.clear()  # the clone (and its patches) is dropped with this frame
         size = self.hidden_size
@@ -241,6 +243,7 @@ def _capture_patch(consumer: list, reached: set, adapter: ComfyFamily, layer: in
     reference cycle would keep the clone alive in ComfyUI's loaded-model list)."""
 
     def patch(args: dict, extra: dict) -> dict:
+        check_interrupted()
         # Consumed at once (Flux blocks add into their inputs in place later). The vector handed over is the
         # block's (shift | scale | gate) [m, 3C]: ComfyUI blocks compute modulation with their own modules
         # (fp8, LoRA, offload), so it is taken from them rather than recomputed.
@@ -249,6 +252,17 @@ def _capture_patch(consumer: list, reached: set, adapter: ComfyFamily, layer: in
         if stop:
             raise StopForward
         return extra["original_block"](args)
+
+    return patch
+
+
+def _interrupt_patch(replaced):
+    """The patch of a block before the deepest requested one that captures nothing: Cancel is honoured there (one
+    pass at 2048 px takes minutes on a CPU), then the block runs as it would have (through a patch already there)."""
+
+    def patch(args: dict, extra: dict) -> dict:
+        check_interrupted()
+        return extra["original_block"](args) if replaced is None else replaced(args, extra)
 
     return patch
 
@@ -289,6 +303,12 @@ def progress_reporter(total: int) -> ProgressFn:
 
 def torch_device() -> torch.device:
     return comfy.model_management.get_torch_device()
+
+
+def free_memory(device: torch.device | None = None) -> int:
+    """Bytes free for new tensors on ``device`` (default: ComfyUI's torch device), as ComfyUI counts them: device
+    memory (torch's cached blocks included) on a GPU, available RAM on the CPU."""
+    return int(comfy.model_management.get_free_memory(device or torch_device(), torch_free_too=False))
 
 
 def make_room(num_bytes: int, device: torch.device) -> None:

@@ -33,7 +33,7 @@ def parse_layers(text, model: DiTFModel | None = None) -> list[int]:
         return chosen
     default = model.defaults.layer
     chosen = [default if layer == -1 else layer for layer in chosen] or [default]
-    return check_layers(model.host.structure, model.family, chosen)
+    return check_layers(model.host.structure, model.family, chosen, "layers")
 
 
 def inspect_model(

@@ -19,6 +19,7 @@ from ..ditf_core.matching import DenseMatches, PointMatches, match_dense, match_
 from ..ditf_core.matching.checks import check_features, check_pair, pixel_mask
 from ..ditf_core.matching.draw import draw_matches
 from ..ditf_core.matching.points import format_points
+from ..ditf_core.matching.search import ProgressFn, progress_part
 from .images_io import check_image_size, pick
 
 MAX_MASK_POINTS = 256
@@ -79,6 +80,7 @@ def match_features(
     target_mask: torch.Tensor | None = None,
     max_points: int = 8,
     cycle_tolerance: float = 2.0,
+    progress: ProgressFn | None = None,
 ) -> CorrespondenceMatch:
     """Match the source images to the target images, sparse (``points``) and dense.
 
@@ -87,6 +89,8 @@ def match_features(
         with a ``source_mask``: up to ``max_points`` points spread evenly inside each source mask.
     source_mask: [B or 1, H_s, W_s]: points outside it are marked invalid, and dense matches only come from and go
         to its cells. target_mask: [B or 1, H_t, W_t]: where matches may land.
+    progress: ``progress(done, total)`` through the sparse then the dense search (each half of the total), after
+        every chunk; it may raise to stop (the node passes ComfyUI's progress bar, which honours Cancel).
     """
     source, target = check_features(source, "source"), check_features(target, "target")
     _check_images(source_pixels, source, "source")
@@ -101,9 +105,10 @@ def match_features(
             )
         allowed = pixel_mask(source_mask, source, "source_mask")
         xy = _same_count([points_in_mask(allowed[b], max_points) for b in range(source.batch)])
-    sparse = match_points(source, target, xy, mode=mode, source_mask=source_mask, target_mask=target_mask)
+    sparse = match_points(source, target, xy, mode=mode, source_mask=source_mask, target_mask=target_mask,
+                          progress=progress_part(progress, 0, 2))
     dense = match_dense(source, target, source_mask=source_mask, target_mask=target_mask,
-                        cycle_tolerance=cycle_tolerance)
+                        cycle_tolerance=cycle_tolerance, progress=progress_part(progress, 1, 2))
     shared = {key: source.settings.get(key) for key in ("family", "layer", "mode", "t", "resolution")}
     model = source.settings.get("model")
     shared["model"] = model.get("name") if isinstance(model, dict) else None

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..ditf_core.capture import check_layers
+from ..ditf_core.capture import Interrupt, check_layers
 from ..ditf_core.conditioning import ZeroPromptEncoder
 from ..ditf_core.features import DiTFeatures
 from ..ditf_core.inspect.sweep import model_key
@@ -35,7 +35,7 @@ from ..ditf_core.pipeline import (
     resolve_discard,
     resolve_settings,
 )
-from ..ditf_core.recipe import EnsembleCapture, ProgressFn, capture_ensemble
+from ..ditf_core.recipe import EnsembleCapture, ProgressFn, capture_ensemble, plan_passes
 from ..ditf_core.visualize import pca_rgb
 from .checks import check_float
 
@@ -142,12 +142,16 @@ class DiTFModel:
         conditioning=None,
         ratio: float = 100.0,
         progress: ProgressFn | None = None,
+        available_memory: int | None = None,
     ) -> ModelCapture:
         """Recipe steps 1-5 (resize, encode, noise, run to the deepest block, average) for ``layers``.
 
         pixels: float [B, 3, H, W] in [0, 1] (see ``checks.image_batch``). layers: global block indices, None or -1
         for the family default. conditioning: ComfyUI CONDITIONING (exclusive with ``prompt``). ``mode`` and
         ``ratio`` are checked and recorded for the recipe. progress(done, total) is called after each pass.
+        available_memory: free bytes where the host runs (``host.device``); the images are split over as many
+        passes per draw as that needs, and a capture that cannot fit is refused before any work (None: no check,
+        all images in one pass per draw). The resolution is checked against the model first, also before any work.
         """
         host, d = self.host, self.defaults
         chosen = [d.layer if layer is None or layer == -1 else layer for layer in layers]
@@ -157,13 +161,17 @@ class DiTFModel:
         s = resolve_settings(d, layer=layers[-1], t=t, ensemble=ensemble, resolution=resolution, seed=seed, mode=mode,
                              prompt=prompt, guidance=DEFAULT_GUIDANCE, ratio=ratio)
         batch, _, height, width = pixels.shape
-        mapping = PixelMapping.for_image(width, height, s.resolution, self.family.patch * self.family.vae_factor)
-        host.check_grid(mapping.grid_size)
+        mapping = self.family.check_resolution(host.structure, (width, height), s.resolution)  # before any work
+        images_per_pass = plan_passes(
+            images=batch, tokens=mapping.grid_size[0] * mapping.grid_size[1], hidden_size=host.hidden_size,
+            blocks_kept=len(layers), available_bytes=available_memory, device=host.device,
+        )
         cond = self.conditioning(prompt, conditioning, batch)
         generator = torch.Generator("cpu").manual_seed(s.seed)
         latents = host.encode(pixels, mapping, s.ensemble, generator)
         noise = draw_noise((s.ensemble, *latents.shape[1:]), generator)
-        captured = host.capture(latents, noise, t=s.t, layers=layers, conditioning=cond, progress=progress)
+        captured = host.capture(latents, noise, t=s.t, layers=layers, conditioning=cond, progress=progress,
+                                micro_batch=images_per_pass)
         return ModelCapture(captured, replace(s, guidance=cond.guidance), mapping, cond.source)
 
     def conditioning(self, prompt: str, conditioning, batch: int) -> TextConditioning:
@@ -245,10 +253,15 @@ def preview_image(features: DiTFeatures) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DiffusersHost:
-    """A ``ditf_core.DiTFPipeline`` (transformer, VAE, prompt encoder) from a diffusers folder."""
+    """A ``ditf_core.DiTFPipeline`` (transformer, VAE, prompt encoder) from a diffusers folder.
+
+    interrupt: called before every block of a capture pass up to the deepest captured one; raises to stop (the
+    loader node passes ComfyUI's Cancel check). None: passes run to their end.
+    """
 
     pipeline: DiTFPipeline
     kind: str = "diffusers"
+    interrupt: Interrupt | None = None
 
     @property
     def family(self):
@@ -285,10 +298,6 @@ class DiffusersHost:
         """``ditf_core.inspect.model_key`` of the transformer: the key ``inspect_pipeline`` caches sweeps under."""
         return model_key(self.pipeline.transformer)
 
-    def check_grid(self, grid: tuple[int, int]) -> None:
-        patch = self.family.patch
-        self.family.check_latent_size(self.structure, grid[1] * patch, grid[0] * patch)
-
     def encode(self, pixels, mapping, ensemble, generator) -> torch.Tensor:
         return self.pipeline.encode(pixels, mapping, ensemble, generator)
 
@@ -300,8 +309,13 @@ class DiffusersHost:
         context, pooled = self.pipeline.prompt_encoder("")
         return TextConditioning(context, pooled, DEFAULT_GUIDANCE, "zero")
 
-    def capture(self, latents, noise, *, t, layers, conditioning, progress=None) -> dict[int, EnsembleCapture]:
-        # One pass per ensemble draw (all images together), so the progress bar counts draws.
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.device
+
+    def capture(self, latents, noise, *, t, layers, conditioning, progress=None,
+                micro_batch=None) -> dict[int, EnsembleCapture]:
+        # micro_batch None: one pass per ensemble draw (all images together), so the progress bar counts draws.
         return capture_ensemble(
             self.pipeline.transformer,
             latents,
@@ -311,7 +325,8 @@ class DiffusersHost:
             pooled=conditioning.pooled,
             noise=noise,
             guidance=conditioning.guidance,
-            micro_batch=latents.shape[1],
+            micro_batch=micro_batch or latents.shape[1],
             progress=progress,
             family=self.family,
+            interrupt=self.interrupt,
         )

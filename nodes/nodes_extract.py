@@ -77,7 +77,8 @@ class ExtractFeatures(io.ComfyNode):
             discard=spec,
             prompt=prompt or "",
             conditioning=conditioning,
-            progress=comfy_host.progress_reporter(ensemble),  # one pass per noise draw, all images together
+            progress=comfy_host.progress_reporter(ensemble),  # one pass per noise draw (more if memory needs)
+            available_memory=comfy_host.free_memory(ditf_model.host.device),
         )
         preview = preview_image(features)
         return io.NodeOutput(features, preview, ui=ui.PreviewImage(preview, cls=cls))

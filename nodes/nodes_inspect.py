@@ -80,6 +80,7 @@ class MassiveActivationInspector(io.ComfyNode):
             ditf_model, image_batch(image), layers=parse_layers(layers, ditf_model), sweep=sweep, ratio=ratio,
             t=t, ensemble=ensemble, resolution=resolution, seed=seed, prompt=prompt or "", conditioning=conditioning,
             progress=comfy_host.progress_reporter(ensemble),
+            available_memory=comfy_host.free_memory(ditf_model.host.device),
         )
         pictures = list(inspection.figures.values())
         previews = []  # each picture at its own size (the IMAGE output pads them to one)

@@ -9,6 +9,7 @@ import torch
 from comfy_api.latest import io
 from typing_extensions import override
 
+from ..ditf_core.model_folders import pipeline_folders
 from ..ditf_core.pipeline import load_pipeline, resolve_device_dtype
 from . import comfy_host
 from .checks import check_choice
@@ -100,19 +101,17 @@ class LoadDiffusersDiT(io.ComfyNode):
         # This model lives outside ComfyUI's model management: make room for it first.
         comfy_host.make_room(_folder_bytes(path, text_encoders), device)
         pipeline = load_pipeline(path, text_encoders=bool(text_encoders), device=device, dtype=dtype)
-        ditf_model = DiTFModel(DiffusersHost(pipeline))
+        ditf_model = DiTFModel(DiffusersHost(pipeline, interrupt=comfy_host.check_interrupted))
         return io.NodeOutput(ditf_model, ditf_model.summary())
 
 
 def diffusers_folders() -> list[str]:
-    """Folders holding a model_index.json under ComfyUI's models/diffusers paths, relative to them."""
+    """Folders holding a model_index.json under ComfyUI's models/diffusers paths, relative to them (each real folder
+    once, under the first name the walk meets it by)."""
     found = []
     for root in folder_paths.get_folder_paths("diffusers"):
-        if not os.path.isdir(root):
-            continue
-        for path, _, files in os.walk(root, followlinks=True):
-            if "model_index.json" in files and os.path.abspath(path) != os.path.abspath(root):
-                found.append(os.path.relpath(path, root))
+        if os.path.isdir(root):
+            found += [os.path.relpath(path, root) for path in pipeline_folders(root)]
     return sorted(set(found))
 
 

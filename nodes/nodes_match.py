@@ -9,7 +9,8 @@ from comfy_api.latest import io, ui
 from typing_extensions import override
 
 from ..ditf_core.matching import MODES, parse_points
-from . import explorer_cache
+from ..ditf_core.matching.points import MAX_POINTS
+from . import comfy_host, explorer_cache
 from .checks import check_choice, check_float, check_int, image_batch
 from .images_io import mask_batch, pick, pictures_to_image, to_comfy_image
 from .match_value import MAX_MASK_POINTS, match_features, match_pictures, target_points_json, ui_entry
@@ -42,7 +43,8 @@ class CorrespondenceMatch(io.ComfyNode):
                 io.Image.Input("target_image", tooltip="The IMAGE the target features were extracted from."),
                 io.String.Input("points", default="[]", multiline=True, tooltip="Source points in ORIGINAL source "
                                 "pixels as KJNodes PointsEditor JSON, e.g. [{\"x\": 120, \"y\": 80}] (also [[x, y], "
-                                "...]); click on the source image to add. Empty: points spread inside source_mask."),
+                                f"...]); click on the source image to add. At most {MAX_POINTS} points. Empty: points "
+                                "spread inside source_mask."),
                 io.Combo.Input("mode", options=list(MODES), default="fast", tooltip="; ".join(
                     f"{mode}: {MODE_HELP[mode]}" for mode in MODES)),
                 io.Int.Input("max_points", default=8, min=1, max=MAX_MASK_POINTS, tooltip="With empty points: how "
@@ -88,11 +90,13 @@ class CorrespondenceMatch(io.ComfyNode):
     def execute(cls, source, target, source_image, target_image, points: str, mode: str, max_points: int,
                 cycle_tolerance: float, source_mask=None, target_mask=None) -> io.NodeOutput:
         _check_widgets(mode, max_points, cycle_tolerance)
-        source_pixels, target_pixels = image_batch(source_image), image_batch(target_image)
+        source_pixels = image_batch(source_image, "source_image")
+        target_pixels = image_batch(target_image, "target_image")
         match = match_features(
             source, target, points, source_pixels=source_pixels, target_pixels=target_pixels, mode=mode,
             source_mask=mask_batch(source_mask, "source_mask"), target_mask=mask_batch(target_mask, "target_mask"),
             max_points=max_points, cycle_tolerance=cycle_tolerance,
+            progress=comfy_host.progress_reporter(1),  # the searches report their chunks; Cancel stops between them
         )
         visualization = pictures_to_image(match_pictures(match, source_pixels, target_pixels))
         _, confidence = match.dense.target_to_source_pixels()

@@ -89,7 +89,8 @@ class PropagateMask(io.ComfyNode):
         clip = _clip(frames)
         labels = keyframe_labels(mask_batch(mask, "mask"), parse_keyframes(keyframes), len(clip), clip.size)
         source, _ = model_source(ditf_model, layer=layer, t=t, ensemble=ensemble, resolution=resolution, seed=seed,
-                                 discard=spec, prompt=prompt or "", conditioning=conditioning)
+                                 discard=spec, prompt=prompt or "", conditioning=conditioning,
+                                 free_memory=lambda: comfy_host.free_memory(ditf_model.host.device))
         first = labels.pop(0)
         masks, overlays = [], []
         for index, label_map in enumerate(propagate_clip(
@@ -161,7 +162,8 @@ class TrackPoints(io.ComfyNode):
             raise ValueError("points is empty: give the points to follow on the first frame, e.g. "
                              '[{"x": 120, "y": 80}] (a KJNodes Points Editor writes this)')
         source, _ = model_source(ditf_model, layer=layer, t=t, ensemble=ensemble, resolution=resolution, seed=seed,
-                                 discard=spec, prompt=prompt or "", conditioning=conditioning)
+                                 discard=spec, prompt=prompt or "", conditioning=conditioning,
+                                 free_memory=lambda: comfy_host.free_memory(ditf_model.host.device))
         records, per_frame, visibility, pictures, history = [], [], [], [], []
         for index, step in enumerate(track_clip(source, clip, query, settings=settings, micro_batch=frames_per_pass,
                                                 progress=comfy_host.progress_reporter(len(clip)))):

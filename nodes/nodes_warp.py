@@ -82,7 +82,7 @@ class WarpAppearanceTransfer(io.ComfyNode):
             raise DiTFInputError(NO_VAE_MESSAGE)  # before any work
         result = warp_with_match(
             match, image_batch(image), method,
-            target_image=None if target_image is None else image_batch(target_image),
+            target_image=None if target_image is None else image_batch(target_image, "target_image"),
             strength=strength, min_confidence=min_confidence, mask=mask_batch(mask, "mask"),
         )
         warped = to_comfy_image(result.image)

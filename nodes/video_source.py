@@ -14,7 +14,7 @@ No ComfyUI import (tested without it).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,10 +38,11 @@ class VideoExtraction:
 
 
 def model_source(ditf_model: DiTFModel, *, layer: int, t: float, ensemble: int, resolution: int, seed: int,
-                 discard, prompt: str = "", conditioning=None):
+                 discard, prompt: str = "", conditioning=None, free_memory: Callable[[], int] | None = None):
     """(FeatureSource, VideoExtraction) for a clip. layer -1, t 0, ensemble 0, resolution 0: the video defaults;
     empty prompt: the family's video prompt when a text encoder is wired (Flux: "a photo of a image"), else
-    zero conditioning."""
+    zero conditioning. free_memory(): bytes free where the host runs, read before each pass of frames (which are
+    then split, or refused with the memory they would take: ``DiTFModel.extract``); None: no check."""
     if not isinstance(ditf_model, DiTFModel):
         raise TypeError(f"ditf_model must come from a Load DiT (DiTF) node, got {type(ditf_model).__name__}")
     video = video_defaults(ditf_model.family.name, ditf_model.defaults, ditf_model.depth)
@@ -57,7 +58,8 @@ def model_source(ditf_model: DiTFModel, *, layer: int, t: float, ensemble: int, 
     def extract(frames: torch.Tensor, discard):
         return ditf_model.extract(frames, layer=chosen.layer, t=chosen.t, ensemble=chosen.ensemble,
                                   resolution=chosen.resolution, seed=seed, mode="ditf", discard=discard,
-                                  prompt=prompt, conditioning=conditioning)
+                                  prompt=prompt, conditioning=conditioning,
+                                  available_memory=None if free_memory is None else free_memory())
 
     return consistent_discard(extract, discard), chosen
 

@@ -24,7 +24,8 @@ def sampling_inputs(result: str) -> list:
         io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=False,
                      tooltip=f"Seed of the noise draws: the same seed gives the same {result}."),
         io.Int.Input("resolution", default=640, min=RESOLUTION_RANGE[0], max=RESOLUTION_RANGE[1], step=16,
-                     tooltip="Long side fed to the model, both sides rounded to 16 px (aspect kept). Paper: 640."),
+                     tooltip="Long side fed to the model, both sides rounded to 16 px (aspect kept). Paper: 640. At "
+                     "most what the model takes: Flux 16384 tokens (2048 px square), SD3 its position embeddings."),
     ]
 
 

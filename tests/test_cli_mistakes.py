@@ -219,10 +219,15 @@ def test_prompt_without_text_encoders(tmp_path, image, model_files, capsys):
             "--text-embeds gives fixed precomputed conditioning")
 
 
-def test_resolution_beyond_the_models_position_embeddings(image, model_files, capsys):
-    # the tiny SD3 has position embeddings for 128 x 128 tokens: 2048 px
+def test_resolution_beyond_what_the_model_takes(image, model_files, capsys):
+    # the tiny SD3 has position embeddings for 128 x 128 tokens: 2048 px along the long side of this 96 x 64 image
     refused(["extract", image, "--model", model_files / "tiny-sd3", "--resolution", "3000"], capsys,
-            "--resolution: this SD3 model has position embeddings for at most 128x128 tokens (2048 px)")
+            "--resolution 3000 gives 188 tokens along one side", "position embeddings for at most 128x128 tokens "
+            "(2048 px)", "the largest --resolution for this 96x64 image is 2048")
+    # Flux has no hard limit: the bound is the 16384 image tokens one pass may take (a 2048 px square)
+    refused(["extract", image, "--model", model_files / "tiny-flux", "--resolution", "4096"], capsys,
+            "--resolution 4096 gives 256x171 = 43,776 tokens, more than the 16,384",
+            "the largest --resolution for this 96x64 image is")
 
 
 # --- argparse and eval -------------------------------------------------------------------------------------------

@@ -16,6 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..mapping import PixelMapping
+
+# The most image tokens one image may bring to a pass, for families without a hard limit of their own (Flux's RoPE
+# has none). 16384 tokens is a 2048 px square at 16 px per token, 4x the ~1 MP these models are trained at. Past it
+# the cost stops being sane: attention grows with the square of the tokens (a 2048 px Flux.1 pass is ~64x the
+# attention work of the 640 px default), and where attention is not computed by a memory-efficient kernel
+# (ComfyUI's split / sub-quadratic fallbacks, many CPUs) one Flux.1 block's attention scores at 16384 + 512 text
+# tokens already take 24 heads x 16896^2 x 2 bytes = 13.7 GB. A tiny Flux took ~4 min for one pass at 4096 px.
+MAX_IMAGE_TOKENS = 16384
+
 
 @dataclass(frozen=True)
 class FamilyDefaults:
@@ -45,6 +55,8 @@ class DiTFamily:
     patch: int = 2  # latent cells per token side
     zero_text_tokens: int = 256  # text length of zero conditioning (models loaded without text encoders)
     vae_factor: int = 8  # pixels per latent cell
+    max_image_tokens: int | None = MAX_IMAGE_TOKENS  # per image and pass (see MAX_IMAGE_TOKENS)
+    token_limit_reason: str = "attention memory and time grow with the square of the token count"
     # How the family's blocks receive (image hidden states, conditioning vector): (keyword, position).
     hidden_arg: tuple[str, int] = ("hidden_states", 0)
     temb_arg: tuple[str, int] = ("temb", 2)
@@ -99,6 +111,53 @@ class DiTFamily:
                 f"pooled must be [B, {cfg.pooled_projection_dim}] for this {self.label}, got {list(pooled.shape)}."
             )
 
+    def max_tokens_per_side(self, transformer: nn.Module) -> int | None:
+        """The most tokens along either side of the grid (a hard limit, e.g. position embeddings), or None."""
+        return None
+
+    def grid_problem(self, transformer: nn.Module, grid: tuple[int, int]) -> str | None:
+        """Why a token grid (w, h) of one image cannot go through the model, or None when it can."""
+        side = self.max_tokens_per_side(transformer)
+        w, h = grid
+        if side is not None and max(w, h) > side:
+            return (f"{max(w, h)} tokens along one side, but this {self.label} has position embeddings for at most "
+                    f"{side}x{side} tokens ({side * self.patch * self.vae_factor} px)")
+        if self.max_image_tokens is not None and w * h > self.max_image_tokens:
+            return (f"{w}x{h} = {w * h:,} tokens, more than the {self.max_image_tokens:,} one image may bring to a "
+                    f"{self.label} pass ({self.token_limit_reason})")
+        return None
+
+    def check_resolution(self, transformer: nn.Module, image_size: tuple[int, int], resolution: int,
+                         name: str = "resolution") -> PixelMapping:
+        """The mapping of an image of ``image_size`` (W, H) at ``resolution``, or a ``ValueError`` naming the
+        largest ``resolution`` this model takes for that image. Cheap: call it before any VAE or transformer work."""
+        stride = self.patch * self.vae_factor
+        mapping = PixelMapping.for_image(*image_size, resolution, stride)
+        problem = self.grid_problem(transformer, mapping.grid_size)
+        if problem is None:
+            return mapping
+        largest = self.largest_resolution(transformer, image_size, resolution)
+        width, height = image_size
+        fix = (f"the largest {name} for this {width}x{height} image is {largest}" if largest is not None
+               else "shrink the image")
+        raise ValueError(f"{name} {resolution} gives {problem}; {fix}")
+
+    def largest_resolution(self, transformer: nn.Module, image_size: tuple[int, int], below: int) -> int | None:
+        """The largest resolution under ``below``, a multiple of 16 px, whose grid the model takes (None: none)."""
+        stride = self.patch * self.vae_factor
+
+        def fits(resolution: int) -> bool:
+            grid = PixelMapping.for_image(*image_size, resolution, stride).grid_size
+            return self.grid_problem(transformer, grid) is None
+
+        low, high = stride, below - 1  # the grid grows with the resolution: bisect for the last one that fits
+        if high < low or not fits(low):
+            return None
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle - 1)
+        return low - low % stride  # a smaller resolution never has a larger grid, so this fits too
+
     def check_latent_size(self, transformer: nn.Module, height: int, width: int) -> None:
         """Raise a clear error when a latent of ``height x width`` cells cannot go through the model."""
         if height % self.patch or width % self.patch:
@@ -106,6 +165,9 @@ class DiTFamily:
                 f"latent size {height}x{width} must be a multiple of {self.patch}; "
                 f"resize the image to a multiple of {self.patch * self.vae_factor} pixels."
             )
+        problem = self.grid_problem(transformer, (width // self.patch, height // self.patch))
+        if problem is not None:
+            raise ValueError(f"a latent of {height}x{width} cells gives {problem}; use a smaller image or resolution.")
 
     def forward(
         self,

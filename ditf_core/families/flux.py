@@ -22,6 +22,11 @@ class FluxFamily(DiTFamily):
     name = "flux"
     label = "Flux transformer"
     zero_text_tokens = 512  # T5 tokens of Flux.1-dev prompts
+    # RoPE positions have no hard limit, so the bound is base.MAX_IMAGE_TOKENS (a 2048 px square): Flux.1 is trained
+    # up to ~2 MP, and past it one pass costs minutes to hours and, without a memory-efficient attention kernel,
+    # 13.7 GB of attention scores per block.
+    token_limit_reason = ("Flux has no hard limit; DiTF bounds the cost: attention memory and time grow with the "
+                          "square of the token count")
 
     def matches(self, transformer: nn.Module) -> bool:
         from diffusers import FluxTransformer2DModel

@@ -51,14 +51,9 @@ class SD3Family(DiTFamily):
             ),
         )
 
-    def check_latent_size(self, transformer: nn.Module, height: int, width: int) -> None:
-        super().check_latent_size(transformer, height, width)
-        limit = transformer.config.pos_embed_max_size
-        if limit is not None and max(height, width) // self.patch > limit:
-            raise ValueError(
-                f"this SD3 model has position embeddings for at most {limit}x{limit} tokens "
-                f"({limit * self.patch * self.vae_factor} px); lower the resolution."
-            )
+    def max_tokens_per_side(self, transformer: nn.Module) -> int | None:
+        # The learned position embeddings are cropped from a pos_embed_max_size^2 table: a hard limit per side.
+        return transformer.config.pos_embed_max_size
 
     def forward(self, transformer, x_t, t, text_embeds, pooled, guidance):
         b, _, h, w = x_t.shape

@@ -19,7 +19,7 @@ from ..errors import DiTFInputError
 from ..features import DiTFeatures
 from ..mapping import PixelMapping
 from .checks import check_pair, check_refinement, grid_mask
-from .search import DEFAULT_CHUNK_ELEMENTS, nearest_cells
+from .search import DEFAULT_CHUNK_ELEMENTS, ProgressFn, nearest_cells, progress_part
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ def match_dense(
     temperature: float = 0.02,
     cycle_tolerance: float = 2.0,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    progress: ProgressFn | None = None,
 ) -> DenseMatches:
     """Match every cell of ``target`` to ``source`` and every cell of ``source`` to ``target``.
 
@@ -71,6 +72,7 @@ def match_dense(
         are neither matched from (confidence 0) nor matched to.
     window, temperature: soft-argmax refinement of each match (window 1 or temperature 0 turn it off).
     cycle_tolerance: cycle error in target (resp. source) cells at which confidence reaches 0; > 0.
+    progress: ``progress(done, total)`` after each chunk of cells; it may raise to stop (ComfyUI's Cancel).
     """
     check_refinement(window, temperature)
     if not isinstance(cycle_tolerance, (int, float)) or not cycle_tolerance > 0:
@@ -85,8 +87,10 @@ def match_dense(
     for b in range(source.batch):
         s_allowed = None if source_allowed is None else source_allowed[b]
         t_allowed = None if target_allowed is None else target_allowed[b]
-        uv_in_source, t_score, t_index = nearest_cells(_cells(target_keys[b]), source_keys[b], s_allowed, **search)
-        uv_in_target, s_score, s_index = nearest_cells(_cells(source_keys[b]), target_keys[b], t_allowed, **search)
+        uv_in_source, t_score, t_index = nearest_cells(_cells(target_keys[b]), source_keys[b], s_allowed, **search,
+                                                       progress=progress_part(progress, 2 * b, 2 * source.batch))
+        uv_in_target, s_score, s_index = nearest_cells(_cells(source_keys[b]), target_keys[b], t_allowed, **search,
+                                                       progress=progress_part(progress, 2 * b + 1, 2 * source.batch))
         t_conf = _cycle_confidence(t_index, s_index, target.grid, cycle_tolerance, t_allowed)
         s_conf = _cycle_confidence(s_index, t_index, source.grid, cycle_tolerance, s_allowed)
         fields["t2s"].append(_as_map(source.mapping.to_pixel(uv_in_source), target.grid))

@@ -34,14 +34,14 @@ class HostShape:
 
     structure: the block lists in the layout ``ditf_core.families`` adapters read (``transformer_blocks`` /
     ``single_transformer_blocks``); context_dim / pooled_dim: widths of the text conditioning (pooled None when the
-    family takes none); max_tokens: token-grid side the position embeddings allow (None: no hard limit).
+    family takes none). The resolution bound is the ``ditf_core`` family's (``DiTFamily.grid_problem``), read
+    off ``structure`` (SD3: ``structure.config.pos_embed_max_size``).
     """
 
     structure: SimpleNamespace
     hidden_size: int
     context_dim: int
     pooled_dim: int | None
-    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,10 @@ class SD3Comfy(ComfyFamily):
         if not hasattr(embedder, "in_features"):
             raise UnsupportedModelError("this MMDiT has no text context embedder; DiTF supports SD3 / SD3.5")
         pooled = None if diffusion.y_embedder is None else int(diffusion.y_embedder.mlp[0].in_features)
-        structure = SimpleNamespace(transformer_blocks=list(diffusion.joint_blocks))
-        return HostShape(structure, hidden, int(embedder.in_features), pooled, diffusion.pos_embed_max_size)
+        # config: what SD3Family reads for its resolution bound (position embeddings per side)
+        structure = SimpleNamespace(transformer_blocks=list(diffusion.joint_blocks),
+                                    config=SimpleNamespace(pos_embed_max_size=diffusion.pos_embed_max_size))
+        return HostShape(structure, hidden, int(embedder.in_features), pooled)
 
     def modulation(self, block, layer, args):
         vec = args["vec"]

@@ -121,7 +121,8 @@ def load_package(alias: str, *, execute: bool) -> types.ModuleType:
 @pytest.fixture(scope="session")
 def server(comfy, tmp_path_factory):
     """A live ComfyUI (``main.py --cpu``) in a temporary base directory: custom_nodes holds this pack (a link to the
-    checkout) and the test-only nodes, models/ the tiny checkpoints written here, input/ two sample images."""
+    checkout) and the test-only nodes, models/ the tiny checkpoints written here (and a link loop in
+    models/diffusers, which the pack's folder listing must survive), input/ two sample images."""
     from ditf_core.demo_model import build_demo_dit
     from ditf_core.samples import sample_pair
 
@@ -134,6 +135,7 @@ def server(comfy, tmp_path_factory):
     (custom_nodes / PACK_DIR).symlink_to(ROOT, target_is_directory=True)
     (custom_nodes / "ditf_test_nodes").symlink_to(Path(__file__).parent / "fixture_pack", target_is_directory=True)
     names = write_server_models(base / "models", build_demo_dit(0))
+    (base / "models" / "diffusers" / "loop").symlink_to(".", target_is_directory=True)  # start-up must still finish
     (base / "input").mkdir()
     for name, image in zip(INPUT_IMAGES, sample_pair()[:2]):
         image.save(base / "input" / name)

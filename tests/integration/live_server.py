@@ -5,6 +5,7 @@ Every wait is bounded. The server's output goes to ``<base>/server.log``; ``stop
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -113,6 +114,28 @@ class ComfyServer:
 
     def running(self) -> bool:
         return bool(self.get("/queue").get("queue_running"))
+
+    async def watch(self, prompt: dict, on_event, timeout: float = 120.0) -> str:
+        """Queue ``prompt`` from a websocket client of its own and hand each of its events to
+        ``await on_event(kind, data, session)`` (an aiohttp session, e.g. to POST /interrupt) until that returns
+        True; returns the prompt id."""
+        import aiohttp  # ComfyUI's own dependency: present wherever this tier runs, not in the core environment
+
+        client = str(uuid.uuid4())
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{self.url}/ws?clientId={client}") as socket:
+                async with session.post(f"{self.url}/prompt", json={"prompt": prompt, "client_id": client}) as reply:
+                    assert reply.status == 200, await reply.text()
+                    prompt_id = (await reply.json())["prompt_id"]
+                async with asyncio.timeout(timeout):
+                    async for message in socket:
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            continue
+                        event = json.loads(message.data)
+                        data = event.get("data", {})
+                        if data.get("prompt_id") == prompt_id and await on_event(event["type"], data, session):
+                            return prompt_id
+        raise ConnectionError(f"the websocket closed before prompt {prompt_id} finished")
 
 
 def messages(entry: dict, kind: str) -> list[dict]:

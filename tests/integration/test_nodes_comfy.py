@@ -216,7 +216,7 @@ def test_inspector_rejects_layers_beyond_the_model(mods, demo_flux):
     node = mods["nodes_inspect"].MassiveActivationInspector
     assert "layers must be block numbers" in node.validate_inputs(layers="28a")
     assert "t must be a finite number" in node.validate_inputs(t=float("nan"))
-    with pytest.raises(ValueError, match="layer 40 is out of range.*0..5"), torch.inference_mode():
+    with pytest.raises(ValueError, match="block 40 in layers is out of range.*0..5"), torch.inference_mode():
         node.execute(demo_flux[1], torch.rand(1, 32, 32, 3), layers="40", sweep=False, t=0.26, ensemble=1, seed=0,
                      resolution=32, ratio=100.0)
 

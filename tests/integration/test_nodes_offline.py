@@ -308,7 +308,7 @@ def test_layers_text(mods, demo_model):
     assert parse("1; 2") == [1, 2]
     with pytest.raises(ValueError, match="layers must be block numbers"):
         parse("28a")
-    with pytest.raises(ValueError, match="layer 9 is out of range.*0..5"):
+    with pytest.raises(ValueError, match="block 9 in layers is out of range.*0..5"):
         parse("9", demo_model)
 
 

@@ -10,7 +10,6 @@ import io
 import json
 import math
 import re
-import uuid
 
 import numpy as np
 import pytest
@@ -78,31 +77,14 @@ def input_size(server, index=0) -> tuple[int, int]:
 
 def run_watching(server, prompt: dict, timeout: float = 120.0) -> tuple[dict, list[dict]]:
     """Queue ``prompt`` from a websocket client of its own; returns (its /history entry, the "executed" messages)."""
-    import aiohttp  # ComfyUI's own dependency: present wherever this tier runs, not in the core environment
+    executed = []
 
-    client = str(uuid.uuid4())
+    async def on_event(kind: str, data: dict, session) -> bool:
+        if kind == "executed":
+            executed.append(data)
+        return kind == "executing" and data.get("node") is None
 
-    async def watch():
-        executed = []
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{server.url}/ws?clientId={client}") as socket:
-                async with session.post(f"{server.url}/prompt", json={"prompt": prompt, "client_id": client}) as reply:
-                    assert reply.status == 200, await reply.text()
-                    prompt_id = (await reply.json())["prompt_id"]
-                async with asyncio.timeout(timeout):
-                    async for message in socket:
-                        if message.type != aiohttp.WSMsgType.TEXT:
-                            continue
-                        event = json.loads(message.data)
-                        data = event.get("data", {})
-                        if data.get("prompt_id") != prompt_id:
-                            continue
-                        if event["type"] == "executed":
-                            executed.append(data)
-                        if event["type"] == "executing" and data.get("node") is None:
-                            return prompt_id, executed
-
-    prompt_id, executed = asyncio.run(watch())
+    prompt_id = asyncio.run(server.watch(prompt, on_event, timeout))
     return server.wait(prompt_id), executed
 
 
@@ -221,6 +203,12 @@ def resized_source_image(graph):
     graph["match"]["inputs"]["source_image"] = ["small", 0]
 
 
+def resized_target_image(graph):
+    graph["small_b"] = {"class_type": "ImageScale", "inputs": {
+        "image": ["img2", 0], "upscale_method": "bilinear", "width": 192, "height": 144, "crop": "disabled"}}
+    graph["match"]["inputs"]["target_image"] = ["small_b", 0]
+
+
 def other_layer(graph):
     graph["ex_b"]["inputs"]["layer"] = 2
 
@@ -238,6 +226,7 @@ def no_vae_but_latent_used(graph):
     ({"points": '[{"x": 5000, "y": 10}]'}, "lies outside the 384x288 source image"),
     (mismatched_batches, "source features hold 2 images but target features 3"),
     (resized_source_image, "source_image is 200x150 but the source features were extracted from images of 384x288"),
+    (resized_target_image, "target_image is 192x144 but the target features were extracted from images of 384x288"),
     (other_layer, "source was extracted with layer=3 but target with layer=2"),
     (no_target_image, "method appearance needs target_image"),
     (no_vae_but_latent_used, "LATENT output of Warp / Appearance Transfer (DiTF) needs a VAE"),
@@ -304,4 +293,4 @@ def test_inspector_channels_feed_extract_discard(server):
     if status == 200:
         server.wait(response["prompt_id"])
     bad_layer = server.run(with_layers("9"))
-    assert "layer 9 is out of range" in error_message(bad_layer)
+    assert "block 9 in layers is out of range" in error_message(bad_layer)

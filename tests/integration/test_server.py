@@ -179,6 +179,31 @@ def sampling_graph(files, shift_nodes: int):
     return graph
 
 
+def flux_sampling_graph(files, shift_nodes: int):
+    """KSampler on the tiny Flux MODEL from the same loader node; ``shift_nodes`` ModelSamplingSD3(3.0) in a row give
+    the same model but a different graph, so the sampler runs again (as sampling_graph does for SD3.5)."""
+    graph = {
+        "flux": {"class_type": "DiTFTestTinyFluxLoader", "inputs": {"name": files["flux"]}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": files["vae"]}},
+        "cond": {"class_type": "DiTFTestRandomConditioning", "inputs": {
+            "tokens": 6, "width": 32, "pooled": 32, "batch": 1, "seed": 0, "guidance": 3.5}},
+        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    }
+    model = ["flux", 0]
+    for i in range(shift_nodes):
+        graph[f"shift{i}"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": model, "shift": 3.0}}
+        model = [f"shift{i}", 0]
+    graph.update({
+        "sampler": {"class_type": "KSampler", "inputs": {
+            "model": model, "seed": 3, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+            "positive": ["cond", 0], "negative": ["cond", 0], "latent_image": ["latent", 0], "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["vae", 0]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0],
+                                                       "filename_prefix": f"ditf_flux_sampling_{shift_nodes}"}},
+    })
+    return graph
+
+
 def sampled_pixels(server, entry) -> bytes:
     return Image.open(io.BytesIO(server.image(entry["outputs"]["save"]["images"][0]))).tobytes()
 

@@ -121,6 +121,33 @@ def test_video_defaults_and_the_prompt_encoded_once_per_clip(mods, flux_model):
     assert clip.prompts == ["a photo of a image"] and masks.shape[0] == 4  # DiTF's DAVIS prompt, encoded once
 
 
+def test_the_frames_of_a_pass_are_split_or_refused_by_the_free_memory_read_before_each_pass(pack, mods, flux_model):
+    recipe = importlib.import_module(f"{pack.__name__}.ditf_core.recipe")
+    frames = panning_clip(3).movedim(-1, 1)  # [T, 3, H, W]
+    reads = []
+
+    def source(free: int):
+        def free_memory() -> int:
+            reads.append(free)
+            return free
+
+        found, _ = mods["video_source"].model_source(flux_model, layer=-1, t=0.26, ensemble=1, resolution=64, seed=0,
+                                                     discard="none", free_memory=free_memory)
+        return found
+
+    tokens = 4 * 3  # 64 x 48 px at 16 px per token
+    with pytest.raises(ValueError, match=r"this capture needs about .* \(3 image\(s\) x 12 tokens .* free in RAM"):
+        source(1)(frames)
+    one_frame = recipe.kept_bytes(3, tokens, 64, 1) + tokens * 64 * recipe.PASS_BYTES_PER_TOKEN_CHANNEL
+    with torch.inference_mode():
+        split_source = source(one_frame)
+        split = [split_source(frames[:3]), split_source(frames[1:])]  # a pass of frames reads the memory anew
+        whole = mods["video_source"].model_source(flux_model, layer=-1, t=0.26, ensemble=1, resolution=64, seed=0,
+                                                  discard="none")[0](frames)
+    assert reads == [1, one_frame, one_frame]
+    torch.testing.assert_close(split[0].features, whole.features, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(mask=box_mask(width=32)), "mask is 32x48 but the frames are 64x48"),
     (dict(mask=torch.zeros(1, 48, 64)), "mask 0 (keyframe 0) is empty"),

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from live_server import INPUT_IMAGES, messages, succeeded
+from test_server import flux_sampling_graph
 
 pytestmark = pytest.mark.comfyui
 
@@ -130,37 +131,12 @@ def test_bad_widgets_are_refused_at_queue_time(server, node, change, message):
         server.wait(response["prompt_id"])
 
 
-def sampling_graph(files, seed_nodes: int) -> dict:
-    """KSampler on the tiny Flux MODEL. ``seed_nodes`` PrimitiveInt nodes in a row (same value) change the graph,
-    not the sample, so the sampler really runs again."""
-    seed = 3
-    graph = {
-        "flux": {"class_type": "DiTFTestTinyFluxLoader", "inputs": {"name": files["flux"]}},
-        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": files["vae"]}},
-        "cond": {"class_type": "DiTFTestRandomConditioning", "inputs": {
-            "tokens": 6, "width": 32, "pooled": 32, "batch": 1, "seed": 0, "guidance": 3.5}},
-        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-    }
-    link = seed
-    for i in range(seed_nodes):
-        graph[f"seed{i}"] = {"class_type": "PrimitiveInt", "inputs": {"value": seed if i == 0 else [f"seed{i - 1}", 0]}}
-        link = [f"seed{i}", 0]
-    graph.update({
-        "sampler": {"class_type": "KSampler", "inputs": {
-            "model": ["flux", 0], "seed": link, "steps": 3, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-            "positive": ["cond", 0], "negative": ["cond", 0], "latent_image": ["latent", 0], "denoise": 1.0}},
-        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["vae", 0]}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "ditf_video_sample"}},
-    })
-    return graph
-
-
 def test_cancel_mid_clip_leaves_the_model_giving_the_same_samples(server):
     def sampled(entry) -> bytes:
         info = entry["outputs"]["save"]["images"][0]
         return Image.open(io.BytesIO(server.image(info))).tobytes()
 
-    before = server.run(sampling_graph(server.files, 1))
+    before = server.run(flux_sampling_graph(server.files, 1))
     assert succeeded(before), error_message(before)
     long_clip = video_graph(server.files, propagate={"ensemble": 16, "resolution": 256, "frames_per_pass": 1})
     long_clip["repeat"] = {"class_type": "RepeatImageBatch", "inputs": {"image": long_clip["propagate"]["inputs"]["frames"],
@@ -177,7 +153,7 @@ def test_cancel_mid_clip_leaves_the_model_giving_the_same_samples(server):
     server.post("/interrupt", {})
     interrupted = server.wait(response["prompt_id"])
     assert [m["node_id"] for m in messages(interrupted, "execution_interrupted")] == ["propagate"], interrupted["status"]
-    after = server.run(sampling_graph(server.files, 2))
+    after = server.run(flux_sampling_graph(server.files, 2))
     assert succeeded(after), error_message(after)
     assert "flux" in messages(after, "execution_cached")[0]["nodes"]  # the very MODEL object the clip used
     assert sampled(before) == sampled(after)

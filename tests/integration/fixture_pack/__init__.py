@@ -5,6 +5,8 @@
 * DiTFTestRandomConditioning - real text encoders cannot be made tiny; random CONDITIONING of any width;
 * DiTFTestFaultyModel - a clone of a MODEL whose first block raises: an error in the middle of a forward pass;
 * DiTFTestGate - an output node that holds the queue until the test creates a file (bounded by a timeout);
+* DiTFTestPausingModel - a clone of a MODEL that pauses inside one block of its forward pass until the test creates a
+  file (so a Cancel can land mid-pass) and leaves a file when a later block runs (did the pass go on?);
 * DiTFTestTinyClipVision - Load CLIP Vision only accepts full-size DINOv2 / CLIP checkpoints (it picks the config
   by tensor names), so a tiny one (JSON config in the file's metadata) is built here into the same
   ``comfy.clip_vision.ClipVisionModel`` the stock loader returns;
@@ -129,6 +131,49 @@ class Gate(io.ComfyNode):
         return io.NodeOutput(ui=ui.PreviewText(f"gate {token} opened: {os.path.exists(flag)}"))
 
 
+class PausingModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiTFTestPausingModel", category="DiTF/test", not_idempotent=True,
+            description="Test only: a clone that pauses in one block and records whether a later block ran.",
+            inputs=[io.Model.Input("model"), io.String.Input("token", default="pause"),
+                    io.Int.Input("pause_block", default=1, min=0, max=18),
+                    io.Int.Input("record_block", default=3, min=0, max=56),
+                    io.Float.Input("timeout", default=60.0, min=0.0, max=600.0)],
+            outputs=[io.Model.Output(tooltip="a pausing clone")])
+
+    @classmethod
+    def execute(cls, model, token, pause_block, record_block, timeout):
+        base = folder_paths.base_path
+        paused = model.clone()
+        paused.set_model_patch_replace(_pause(os.path.join(base, f"paused_{token}"), os.path.join(base, f"go_{token}"),
+                                              timeout), "dit", "double_block", pause_block)
+        doubles = len(paused.get_model_object("diffusion_model").double_blocks)
+        key = ("double_block", record_block) if record_block < doubles else ("single_block", record_block - doubles)
+        paused.set_model_patch_replace(_record(os.path.join(base, f"ran_{token}")), "dit", *key)
+        return io.NodeOutput(paused)
+
+
+def _pause(reached, go, timeout):
+    def patch(args, extra):
+        open(reached, "w").close()
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return extra["original_block"](args)
+
+    return patch
+
+
+def _record(flag):
+    def patch(args, extra):
+        open(flag, "w").close()
+        return extra["original_block"](args)
+
+    return patch
+
+
 class ExplorerPair(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -162,7 +207,7 @@ def _pack_prefix() -> str:
 
 class TestExtension(ComfyExtension):
     async def get_node_list(self):
-        return [TinyFluxLoader, TinyClipVision, RandomConditioning, FaultyModel, Gate, ExplorerPair]
+        return [TinyFluxLoader, TinyClipVision, RandomConditioning, FaultyModel, Gate, PausingModel, ExplorerPair]
 
 
 async def comfy_entrypoint():
