@@ -48,11 +48,13 @@ def capture_blocks(
     layers: Iterable[int],
     run: Callable[[], object],
     consume: Consumer,
+    tokens: int | None = None,
 ) -> None:
     """Call ``run()`` (which runs ``transformer``) and hand the inputs of blocks ``layers`` to ``consume``.
 
     ``consume(layer, hidden [m, N, C], temb [m, D])`` is called inside the forward pass, as each block is reached;
-    the forward pass stops when the deepest requested block is reached.
+    the forward pass stops when the deepest requested block is reached. ``tokens``: the number of image tokens;
+    when given, ``hidden`` is only those (the family's token order says where they sit among text and padding).
     """
     layers = check_layers(transformer, family, layers)
     blocks = family.blocks(transformer)
@@ -62,6 +64,8 @@ def capture_blocks(
     def hook_for(index: int):
         def hook(module, args, kwargs):
             hidden, temb = family.block_inputs(args, kwargs)
+            if tokens is not None:
+                hidden = family.image_tokens(transformer, index, hidden, tokens)
             consume(index, hidden.detach(), temb.detach())
             reached.add(index)
             if index == last:

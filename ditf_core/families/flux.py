@@ -9,11 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import DiTFamily, FamilyDefaults
+from .base import DiTFamily, FamilyDefaults, relative_depth_layer
 
 # The paper's setting for Flux.1-dev (DiTF, Gan et al. 2025; official eval script): block 28 of 57, t = 260/1000,
 # 640 px long side, ensemble of 8. On other depths we keep the same relative depth.
-PAPER_LAYER, PAPER_DEPTH = 28, 57
 # Massive-activation channels of Flux.1-dev reported by the paper (hidden size 3072).
 PAPER_MASSIVE_CHANNELS = (154, 1446)
 
@@ -22,6 +21,7 @@ class FluxFamily(DiTFamily):
     name = "flux"
     label = "Flux transformer"
     zero_text_tokens = 512  # T5 tokens of Flux.1-dev prompts
+    latent_space = "kl16"
 
     def matches(self, transformer: nn.Module) -> bool:
         from diffusers import FluxTransformer2DModel
@@ -45,10 +45,8 @@ class FluxFamily(DiTFamily):
         return block.attn.to_out[0] if hasattr(block, "norm1") else block.proj_out
 
     def defaults(self, transformer: nn.Module) -> FamilyDefaults:
-        depth = len(self.blocks(transformer))
-        layer = PAPER_LAYER if depth == PAPER_DEPTH else min(depth - 1, round(PAPER_LAYER / PAPER_DEPTH * depth))
         return FamilyDefaults(
-            layer=layer,
+            layer=relative_depth_layer(len(self.blocks(transformer))),  # 28 on Flux.1's 57 blocks
             t=0.26,
             resolution=640,
             ensemble=8,
