@@ -66,7 +66,7 @@ TINY_FAMILIES: dict[str, tuple[str, dict]] = {
         joint_attention_dim=32, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=True)),
     "chroma": ("ChromaTransformer2DModel", dict(
         patch_size=1, in_channels=64, num_layers=2, num_single_layers=3, attention_head_dim=16, num_attention_heads=4,
-        joint_attention_dim=32, axes_dims_rope=(4, 6, 6), approximator_num_channels=16, approximator_hidden_dim=32,
+        joint_attention_dim=32, axes_dims_rope=(4, 6, 6), approximator_num_channels=64, approximator_hidden_dim=32,
         approximator_layers=2)),
     "qwen_image": ("QwenImageTransformer2DModel", dict(
         patch_size=2, in_channels=64, out_channels=16, num_layers=4, attention_head_dim=16, num_attention_heads=4,
@@ -117,11 +117,12 @@ def build_tiny_sd3(seed: int = 0, sd35: bool = False, **overrides) -> nn.Module:
     return SD3Transformer2DModel(**config).eval()
 
 
-def build_tiny_family(name: str, seed: int = 0, **overrides) -> nn.Module:
+def build_tiny_family(name: str, seed: int = 0, perturb: bool = True, **overrides) -> nn.Module:
     """A random-init tiny transformer of family ``name`` ("flux", "sd3", "sd35" or a key of ``TINY_FAMILIES``).
 
     diffusers zero-initialises some layers (AdaLN-zero gates, output projections, register tables); every weight is
-    nudged with seeded noise so that all paths of the tiny model carry signal, as in a trained one.
+    nudged with seeded noise so that all paths of the tiny model carry signal, as in a trained one (``perturb``;
+    off when the caller loads its own weights next).
     """
     import diffusers
 
@@ -134,7 +135,7 @@ def build_tiny_family(name: str, seed: int = 0, **overrides) -> nn.Module:
     model = getattr(diffusers, class_name)(**{**config, **overrides}).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for parameter in model.parameters():
+        for parameter in model.parameters() if perturb else ():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
     return model
 

@@ -194,7 +194,7 @@ class DiTFamily:
     def block_inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any]:
         """(hidden states [B, N, C], conditioning vector) from a block's call arguments. The vector is whatever
         :meth:`modulation` reads: a [B, D] embedding, or per-block / shared modulation parameters."""
-        return _argument(args, kwargs, *self.hidden_arg), _argument(args, kwargs, *self.temb_arg)
+        return call_argument(args, kwargs, *self.hidden_arg), call_argument(args, kwargs, *self.temb_arg)
 
     # --- shared computations --------------------------------------------------------------------------
     def modulation(self, block: nn.Module, temb: torch.Tensor, hidden_size: int) -> Modulation:
@@ -277,7 +277,7 @@ def _silu_linear(linear: nn.Module, temb: torch.Tensor, *, activation: bool = Tr
     return F.linear(F.silu(x) if activation else x, weight, bias)
 
 
-def _argument(args: tuple, kwargs: dict, name: str, position: int) -> torch.Tensor:
+def call_argument(args: tuple, kwargs: dict, name: str, position: int) -> torch.Tensor:
     """A call argument read by name and, failing that, by position (some hosts call blocks positionally)."""
     if name in kwargs:
         return kwargs[name]

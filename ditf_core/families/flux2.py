@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import DiTFamily, Modulation, _argument, split_modulation
+from .base import DiTFamily, Modulation, call_argument, split_modulation
 
 
 class Flux2Family(DiTFamily):
@@ -53,9 +53,9 @@ class Flux2Family(DiTFamily):
         return None
 
     def block_inputs(self, args: tuple, kwargs: dict):
-        hidden = _argument(args, kwargs, "hidden_states", 0)
+        hidden = call_argument(args, kwargs, "hidden_states", 0)
         name = "temb_mod_img" if "temb_mod_img" in kwargs else "temb_mod"  # double / single blocks
-        return hidden, _argument(args, kwargs, name, 2)
+        return hidden, call_argument(args, kwargs, name, 2)
 
     def modulation(self, block: nn.Module, temb: torch.Tensor, hidden_size: int) -> Modulation:
         # temb is the shared modulation itself ([B, 6C] double, [B, 3C] single): nothing to recompute.
