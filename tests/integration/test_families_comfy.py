@@ -206,3 +206,20 @@ def test_sampling_is_identical_before_and_after_extraction_errors_and_interrupts
     assert state["options"] == after_state["options"] and state["object_patches"] == after_state["object_patches"]
     assert state["modules"] == after_state["modules"] and after_state["forwards"] == []
     assert all(torch.equal(state["weights"][k], v) for k, v in after_state["weights"].items())
+
+
+@pytest.mark.parametrize("name", ["wan", "hidream", "qwen_image"])
+def test_single_file_checkpoints_in_comfyui_layout_load_through_diffusers(mods, pairs, tmp_path, name):
+    """A ComfyUI / original-layout .safetensors file plus the model's config folder loads with diffusers'
+    from_single_file into exactly the converted twin."""
+    from safetensors.torch import save_file
+
+    loading = importlib.import_module(f"{mods['core'].__name__}.loading")
+    comfy_model, transformer = pair(pairs, name)
+    state = {f"model.diffusion_model.{k}": v.contiguous() for k, v in comfy_model.model.diffusion_model.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    transformer.save_config(str(tmp_path / "config"))
+    loaded = loading.load_transformer(tmp_path / "model.safetensors", config=tmp_path / "config")
+    expected = transformer.state_dict()
+    assert type(loaded) is type(transformer) and set(loaded.state_dict()) == set(expected)
+    assert all(torch.equal(value, expected[key]) for key, value in loaded.state_dict().items())
