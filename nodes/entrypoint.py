@@ -9,10 +9,12 @@ from .nodes_extract import ExtractFeatures
 from .nodes_inspect import MassiveActivationInspector
 from .nodes_load import LoadDiffusersDiT, LoadDiT
 from .nodes_match import CorrespondenceMatch
+from .nodes_tune import FindLayer
 from .nodes_warp import WarpAppearanceTransfer
 
 NODES: list[type[io.ComfyNode]] = [
     LoadDiT, LoadDiffusersDiT, ExtractFeatures, CorrespondenceMatch, WarpAppearanceTransfer, MassiveActivationInspector,
+    FindLayer,
 ]
 
 
