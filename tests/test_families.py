@@ -178,3 +178,24 @@ def test_defaults_follow_the_relative_depth_rule_where_nothing_is_published():
         assert defaults.layer == relative_depth_layer(len(family.blocks(model))) and defaults.t == 0.26
         assert "python -m ditf_core tune" in defaults.source
     assert relative_depth_layer(57) == 28 and relative_depth_layer(60) == 29 and relative_depth_layer(30) == 15
+
+
+def test_inspector_matching_and_warping_work_unchanged_on_every_family(tiny):
+    """What consumes DITF_FEATURES or captures (inspector with its full-depth sweep, dense and sparse matching,
+    warping from the matches) runs on every family's features as it does on Flux's."""
+    from ditf_core.inspect import SweepCache, inspect_pipeline
+    from ditf_core.matching import match_dense, match_points
+    from ditf_core.samples import sample_pair
+    from ditf_core.warping import warp_to_target
+
+    name, model = tiny
+    pipeline = DiTFPipeline(model, build_tiny_vae(kind=CASES[name][1]), name=name)
+    source, target = (image.resize((128, 96)) for image in sample_pair()[:2])
+    inspection = inspect_pipeline(pipeline, [source], cache=SweepCache(), plots=False, resolution=64, ensemble=1)
+    assert inspection.report["sweep"]["layers"] == list(range(pipeline.depth))
+    a, b = (pipeline.extract(image, resolution=64, ensemble=1) for image in (source, target))
+    points = match_points(a, b, [[20.0, 30.0], [90.0, 60.0]])
+    assert points.points.shape == (1, 2, 2) and torch.isfinite(points.points).all()
+    dense = match_dense(a, b)
+    warped = warp_to_target(torch.rand(1, 3, 96, 128), dense)
+    assert warped.shape == (1, 3, 96, 128)
