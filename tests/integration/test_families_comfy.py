@@ -223,3 +223,29 @@ def test_single_file_checkpoints_in_comfyui_layout_load_through_diffusers(mods, 
     expected = transformer.state_dict()
     assert type(loaded) is type(transformer) and set(loaded.state_dict()) == set(expected)
     assert all(torch.equal(value, expected[key]) for key, value in loaded.state_dict().items())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_comfyui_forward_stops_at_block_k(mods, pairs, wan_vaes, name):
+    """Blocks before k run once per pass, block k never finishes (its patch stops the pass), later blocks never
+    run - with either mechanism."""
+    model, transformer = tiny(pairs, name)
+    host = host_for(mods, model, wan_vaes, name)
+    blocks = host.family.blocks(host.structure)
+    layer = len(blocks) // 2
+    finished = [0] * len(blocks)
+    handles = [block.register_forward_hook(lambda *_, i=i: finished.__setitem__(i, finished[i] + 1))
+               for i, block in enumerate(blocks)]
+    context, extra = tiny_families.conditioning_for(transformer)
+    cond = mods["model"].TextConditioning(context, extra.get("pooled_output", torch.zeros(1, 1)), 3.5, "test",
+                                          {k: v for k, v in extra.items() if k != "pooled_output"})
+    size = LATENT_SIZES.get(name, (16, 16))
+    channels = host.family.latent_channels(transformer)
+    try:
+        with torch.inference_mode():  # 2 draws of one image: 2 passes
+            host.capture(torch.zeros(1, 1, channels, *size), torch.randn(2, 1, channels, *size), t=0.3,
+                         layers=[layer], conditioning=cond)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert finished == [2] * layer + [0] * (len(blocks) - layer), name
