@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from tune_model import FAITHFUL, build_faithful_block_flux
 
 from ditf_core import DiTFPipeline
+from ditf_core.conditioning import ZeroPromptEncoder
+from ditf_core.demo_model import build_demo_dit, build_tiny_vae
 from ditf_core.errors import DiTFInputError
 from ditf_core.tune import LayerSearch, find_layer, make_warps, pipeline_extractor, tune_pipeline
 
@@ -51,9 +53,20 @@ def test_warps_are_seeded():
     assert not torch.allclose(a.homographies, c.homographies)
 
 
+def short_text(transformer, vae) -> DiTFPipeline:
+    """A pipeline on zero conditioning of 8 text tokens (not Flux's 512: the text does not matter here, and the
+    tiny models' time goes into attention over it)."""
+    return DiTFPipeline(transformer, vae, ZeroPromptEncoder(transformer, tokens=8))
+
+
 @pytest.fixture(scope="module")
 def faithful_pipeline():
-    return DiTFPipeline(*build_faithful_block_flux())
+    return short_text(*build_faithful_block_flux())
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return short_text(build_demo_dit(0), build_tiny_vae(0))
 
 
 def test_the_finder_picks_the_one_block_with_faithful_features(faithful_pipeline):
@@ -68,8 +81,8 @@ def test_the_finder_picks_the_one_block_with_faithful_features(faithful_pipeline
     assert search.score(FAITHFUL, 0.1) >= max(others) + 0.05
 
 
-def test_same_seed_same_table_other_seed_other_warps():
-    pipeline = DiTFPipeline.demo()
+def test_same_seed_same_table_other_seed_other_warps(demo):
+    pipeline = demo
     images = textured_images(1, size=(96, 128))
     settings = dict(ts=(0.26,), warps=2, resolution=128, ensemble=1)
     a = tune_pipeline(pipeline, images, seed=5, **settings)
@@ -79,8 +92,8 @@ def test_same_seed_same_table_other_seed_other_warps():
     assert not torch.equal(a.pck, c.pck)
 
 
-def test_one_capture_per_image_and_t_covers_every_block():
-    pipeline = DiTFPipeline.demo()
+def test_one_capture_per_image_and_t_covers_every_block(demo):
+    pipeline = demo
     calls, progress = [], []
     extract = pipeline_extractor(pipeline, resolution=128, ensemble=1)
 
@@ -117,10 +130,9 @@ def test_bad_images_are_explained(images, message):
         find_layer(lambda pixels, t: {}, images)
 
 
-def test_an_image_too_small_for_the_feature_grid_is_explained():
-    pipeline = DiTFPipeline.demo()
+def test_an_image_too_small_for_the_feature_grid_is_explained(demo):
     with pytest.raises(DiTFInputError, match="feature cells.*larger image or a higher resolution"):
-        tune_pipeline(pipeline, textured_images(1, size=(48, 48)), ts=(0.26,), warps=1, resolution=48, ensemble=1)
+        tune_pipeline(demo, textured_images(1, size=(48, 48)), ts=(0.26,), warps=1, resolution=48, ensemble=1)
 
 
 @pytest.mark.parametrize("kwargs, message", [(dict(ts=()), "at least one t"), (dict(ts=(0.2, 1.0)), "strictly between"),
