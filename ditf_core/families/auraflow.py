@@ -21,20 +21,14 @@ class AuraFlowFamily(DiTFamily):
     label = "AuraFlow transformer"
     latent_space = "kl4"
     zero_text_tokens = 256  # Pile-T5 tokens
+    double_blocks = "joint_transformer_blocks"
+    single_blocks = "single_transformer_blocks"
+    single_text_first = True  # single blocks see cat(registers + text, image)
 
     def matches(self, transformer: nn.Module) -> bool:
         from diffusers import AuraFlowTransformer2DModel
 
         return isinstance(transformer, AuraFlowTransformer2DModel)
-
-    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return [*transformer.joint_transformer_blocks, *transformer.single_transformer_blocks]
-
-    def split(self, transformer: nn.Module) -> int:
-        return len(transformer.joint_transformer_blocks)
-
-    def image_offset(self, transformer: nn.Module, layer: int, total: int, count: int) -> int:
-        return total - count if layer >= self.split(transformer) else 0
 
     def adaln_linear(self, block: nn.Module) -> nn.Linear:
         return block.norm1.linear
@@ -45,14 +39,8 @@ class AuraFlowFamily(DiTFamily):
     def pooled_width(self, transformer: nn.Module) -> int | None:
         return None
 
-    def check_latent_size(self, transformer: nn.Module, height: int, width: int) -> None:
-        super().check_latent_size(transformer, height, width)
-        side = math.isqrt(transformer.config.pos_embed_max_size)
-        if max(height, width) // self.patch > side:
-            raise ValueError(
-                f"this AuraFlow model has position embeddings for at most {side}x{side} tokens "
-                f"({side * self.patch * self.vae_factor} px); lower the resolution."
-            )
+    def token_side_limit(self, transformer: nn.Module) -> int | None:
+        return math.isqrt(transformer.config.pos_embed_max_size)
 
     def forward(self, transformer, x_t, t, text_embeds, pooled, guidance):
         b, _, h, w = x_t.shape

@@ -76,6 +76,11 @@ class DiTFamily:
     # How the family's blocks receive (image hidden states, conditioning vector): (keyword, position).
     hidden_arg: tuple[str, int] = ("hidden_states", 0)
     temb_arg: tuple[str, int] = ("temb", 2)
+    # Where the blocks are: the double / joint (or only) block list, then the single-stream list if any.
+    double_blocks: str = "transformer_blocks"
+    single_blocks: str | None = None
+    # Token order of single-stream blocks: True when they see cat(text, image), image tokens last.
+    single_text_first: bool = False
 
     # --- identification -------------------------------------------------------------------------------
     def matches(self, transformer: nn.Module) -> bool:
@@ -85,12 +90,15 @@ class DiTFamily:
     def blocks(self, transformer: nn.Module) -> list[nn.Module]:
         """All transformer blocks in execution order; the global layer index indexes this list.
 
-        ``blocks``, ``split`` and ``defaults`` read only the block lists (``transformer_blocks``,
-        ``single_transformer_blocks``): other hosts pass a structural view holding just those."""
-        raise NotImplementedError
+        ``blocks``, ``split`` and ``defaults`` read only the block lists (``double_blocks``, ``single_blocks``):
+        other hosts pass a structural view holding just those, under the same names."""
+        singles = getattr(transformer, self.single_blocks) if self.single_blocks else []
+        return [*getattr(transformer, self.double_blocks), *singles]
 
     def split(self, transformer: nn.Module) -> int:
         """Index of the first single-stream block (equals the depth when the family has none)."""
+        if self.single_blocks:
+            return len(getattr(transformer, self.double_blocks))
         return len(self.blocks(transformer))
 
     def block_kind(self, transformer: nn.Module, layer: int) -> str:
@@ -99,8 +107,8 @@ class DiTFamily:
     def image_offset(self, transformer: nn.Module, layer: int, total: int, count: int) -> int:
         """Token order: index of the first of the ``count`` image tokens among the ``total`` tokens of block
         ``layer``'s hidden states. 0 for image-only streams and image-first sequences (padding, if any, follows
-        the image); text-first single-stream families override it with ``total - count``."""
-        return 0
+        the image); ``total - count`` in the single-stream blocks of ``single_text_first`` families."""
+        return total - count if self.single_text_first and layer >= self.split(transformer) else 0
 
     def image_tokens(self, transformer: nn.Module, layer: int, hidden: torch.Tensor, count: int) -> torch.Tensor:
         """The image tokens [B, count, C] of a block's hidden states [B, total, C] (see :meth:`image_offset`)."""
@@ -162,6 +170,16 @@ class DiTFamily:
                 f"latent size {height}x{width} must be a multiple of {self.patch}; "
                 f"resize the image to a multiple of {self.patch * self.vae_factor} pixels."
             )
+        limit = self.token_side_limit(transformer)
+        if limit is not None and max(height, width) // self.patch > limit:
+            raise ValueError(
+                f"this {self.label} has position embeddings for at most {limit}x{limit} tokens "
+                f"({limit * self.patch * self.vae_factor} px); lower the resolution."
+            )
+
+    def token_side_limit(self, transformer: nn.Module) -> int | None:
+        """Tokens per side the model's learned position embeddings cover (None: no such limit)."""
+        return None
 
     # --- running --------------------------------------------------------------------------------------
     def defaults(self, transformer: nn.Module) -> FamilyDefaults:
@@ -227,6 +245,25 @@ class DiTFamily:
 def flow_matching_noise(clean: torch.Tensor, noise: torch.Tensor, t: float) -> torch.Tensor:
     """``t * noise + (1 - t) * clean`` (Flux, SD3 and every rectified-flow family)."""
     return t * noise + (1.0 - t) * clean
+
+
+class TableModulatedFamily(DiTFamily):
+    """Blocks with adaLN-single modulation (PixArt, Wan): one shared per-step vector, to which each block adds its
+    learned ``scale_shift_table``; rows 0, 1, 2 are the (self-)attention's (shift, scale, gate). Text enters
+    through cross-attention: no pooled vector."""
+
+    def attention_out(self, block: nn.Module) -> nn.Linear:
+        return block.attn1.to_out[0]
+
+    def signature_parameters(self, block: nn.Module) -> list[torch.Tensor]:
+        out = self.attention_out(block)
+        return [block.scale_shift_table, out.weight, out.bias]
+
+    def pooled_width(self, transformer: nn.Module) -> int | None:
+        return None
+
+    def modulation(self, block: nn.Module, temb: torch.Tensor, hidden_size: int) -> Modulation:
+        return table_modulation(block.scale_shift_table, temb, hidden_size)
 
 
 def relative_depth_layer(depth: int) -> int:

@@ -24,20 +24,13 @@ class ChromaFamily(DiTFamily):
     label = "Chroma transformer"
     latent_space = "kl16"
     zero_text_tokens = 512  # T5 tokens
+    single_blocks = "single_transformer_blocks"
+    single_text_first = True  # single blocks see cat(text, image)
 
     def matches(self, transformer: nn.Module) -> bool:
         from diffusers import ChromaTransformer2DModel
 
         return isinstance(transformer, ChromaTransformer2DModel)
-
-    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
-
-    def split(self, transformer: nn.Module) -> int:
-        return len(transformer.transformer_blocks)
-
-    def image_offset(self, transformer: nn.Module, layer: int, total: int, count: int) -> int:
-        return total - count if layer >= self.split(transformer) else 0
 
     def latent_channels(self, transformer: nn.Module) -> int:
         return int(transformer.config.in_channels) // (self.patch * self.patch)

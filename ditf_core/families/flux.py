@@ -22,17 +22,12 @@ class FluxFamily(DiTFamily):
     label = "Flux transformer"
     zero_text_tokens = 512  # T5 tokens of Flux.1-dev prompts
     latent_space = "kl16"
+    single_blocks = "single_transformer_blocks"
 
     def matches(self, transformer: nn.Module) -> bool:
         from diffusers import FluxTransformer2DModel
 
         return isinstance(transformer, FluxTransformer2DModel)
-
-    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
-
-    def split(self, transformer: nn.Module) -> int:
-        return len(transformer.transformer_blocks)
 
     def latent_channels(self, transformer: nn.Module) -> int:
         return int(transformer.config.in_channels) // (self.patch * self.patch)  # tokens pack 2x2 latent cells

@@ -28,20 +28,13 @@ class Flux2Family(DiTFamily):
     vae_factor = 16
     latent_space = "flux2"
     zero_text_tokens = 512  # Mistral-3 tokens of Flux.2-dev prompts
+    single_blocks = "single_transformer_blocks"
+    single_text_first = True  # single blocks see cat(text, image)
 
     def matches(self, transformer: nn.Module) -> bool:
         from diffusers import Flux2Transformer2DModel
 
         return isinstance(transformer, Flux2Transformer2DModel)
-
-    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
-
-    def split(self, transformer: nn.Module) -> int:
-        return len(transformer.transformer_blocks)
-
-    def image_offset(self, transformer: nn.Module, layer: int, total: int, count: int) -> int:
-        return total - count if layer >= self.split(transformer) else 0  # single blocks: cat(text, image)
 
     def attention_out(self, block: nn.Module) -> nn.Linear:
         return block.attn.to_out[0] if hasattr(block, "norm1") else block.attn.to_out

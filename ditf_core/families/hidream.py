@@ -28,17 +28,13 @@ class HiDreamFamily(DiTFamily):
     label = "HiDream transformer"
     latent_space = "kl16"
     zero_text_tokens = 128  # T5 and Llama tokens of HiDream prompts (the pipeline's max_sequence_length)
+    double_blocks = "double_stream_blocks"
+    single_blocks = "single_stream_blocks"  # image first, then text: image tokens start at 0
 
     def matches(self, transformer: nn.Module) -> bool:
         from diffusers import HiDreamImageTransformer2DModel
 
         return isinstance(transformer, HiDreamImageTransformer2DModel)
-
-    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return [*transformer.double_stream_blocks, *transformer.single_stream_blocks]
-
-    def split(self, transformer: nn.Module) -> int:
-        return len(transformer.double_stream_blocks)
 
     def adaln_linear(self, block: nn.Module) -> nn.Linear:
         return block.block.adaLN_modulation[1]

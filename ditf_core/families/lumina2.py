@@ -30,14 +30,12 @@ class Lumina2Family(DiTFamily):
     latent_space = "kl16"
     zero_text_tokens = 256  # Gemma-2 tokens (the pipeline's max_sequence_length)
     temb_arg = ("temb", 3)  # layer(hidden_states, attention_mask, rotary_emb, temb), called positionally
+    double_blocks = "layers"  # the main joint blocks (the refiners are not counted)
 
     def matches(self, transformer: nn.Module) -> bool:
         from diffusers import Lumina2Transformer2DModel
 
         return isinstance(transformer, Lumina2Transformer2DModel)
-
-    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return list(transformer.layers)
 
     def block_kind(self, transformer: nn.Module, layer: int) -> str:
         return "joint"

@@ -15,12 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import DiTFamily, Modulation, table_modulation
+from .base import TableModulatedFamily
 
 TRAIN_STEPS, BETA_START, BETA_END = 1000, 0.0001, 0.02
 
 
-class PixArtFamily(DiTFamily):
+class PixArtFamily(TableModulatedFamily):
     name = "pixart"
     label = "PixArt transformer"
     latent_space = "kl4"
@@ -32,30 +32,14 @@ class PixArtFamily(DiTFamily):
 
         return isinstance(transformer, PixArtTransformer2DModel)
 
-    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return list(transformer.transformer_blocks)
-
     def block_kind(self, transformer: nn.Module, layer: int) -> str:
         return "cross"
 
     def hidden_size(self, transformer: nn.Module) -> int:
         return int(transformer.inner_dim)
 
-    def attention_out(self, block: nn.Module) -> nn.Linear:
-        return block.attn1.to_out[0]
-
-    def signature_parameters(self, block: nn.Module) -> list[torch.Tensor]:
-        out = self.attention_out(block)
-        return [block.scale_shift_table, out.weight, out.bias]
-
     def text_width(self, transformer: nn.Module) -> int:
         return int(transformer.config.caption_channels)
-
-    def pooled_width(self, transformer: nn.Module) -> int | None:
-        return None
-
-    def modulation(self, block: nn.Module, temb: torch.Tensor, hidden_size: int) -> Modulation:
-        return table_modulation(block.scale_shift_table, temb, hidden_size)
 
     def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, t: float) -> torch.Tensor:
         signal = alphas_cumprod()[ddpm_timestep(t)]

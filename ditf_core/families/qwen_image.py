@@ -28,9 +28,6 @@ class QwenImageFamily(DiTFamily):
 
         return isinstance(transformer, QwenImageTransformer2DModel)
 
-    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return list(transformer.transformer_blocks)
-
     def block_kind(self, transformer: nn.Module, layer: int) -> str:
         return "joint"
 

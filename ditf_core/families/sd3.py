@@ -23,9 +23,6 @@ class SD3Family(DiTFamily):
 
         return isinstance(transformer, SD3Transformer2DModel)
 
-    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return list(transformer.transformer_blocks)
-
     def block_kind(self, transformer: nn.Module, layer: int) -> str:
         return "joint"
 
@@ -36,14 +33,8 @@ class SD3Family(DiTFamily):
     def attention_out(self, block: nn.Module) -> nn.Linear:
         return block.attn.to_out[0]
 
-    def check_latent_size(self, transformer: nn.Module, height: int, width: int) -> None:
-        super().check_latent_size(transformer, height, width)
-        limit = transformer.config.pos_embed_max_size
-        if limit is not None and max(height, width) // self.patch > limit:
-            raise ValueError(
-                f"this SD3 model has position embeddings for at most {limit}x{limit} tokens "
-                f"({limit * self.patch * self.vae_factor} px); lower the resolution."
-            )
+    def token_side_limit(self, transformer: nn.Module) -> int | None:
+        return transformer.config.pos_embed_max_size
 
     def forward(self, transformer, x_t, t, text_embeds, pooled, guidance):
         b, _, h, w = x_t.shape

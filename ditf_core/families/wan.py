@@ -14,22 +14,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import DiTFamily, Modulation, table_modulation
+from .base import TableModulatedFamily
 
 
-class WanFamily(DiTFamily):
+class WanFamily(TableModulatedFamily):
     name = "wan"
     label = "Wan transformer"
     latent_space = "wan"
     zero_text_tokens = 512  # umT5 tokens (the pipeline's max_sequence_length)
+    double_blocks = "blocks"
 
     def matches(self, transformer: nn.Module) -> bool:
         from diffusers import WanTransformer3DModel
 
         return isinstance(transformer, WanTransformer3DModel) and transformer.config.in_channels == 16
-
-    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return list(transformer.blocks)
 
     def block_kind(self, transformer: nn.Module, layer: int) -> str:
         return "cross"
@@ -38,21 +36,8 @@ class WanFamily(DiTFamily):
         config = transformer.config
         return int(config.num_attention_heads * config.attention_head_dim)
 
-    def attention_out(self, block: nn.Module) -> nn.Linear:
-        return block.attn1.to_out[0]
-
-    def signature_parameters(self, block: nn.Module) -> list[torch.Tensor]:
-        out = self.attention_out(block)
-        return [block.scale_shift_table, out.weight, out.bias]
-
     def text_width(self, transformer: nn.Module) -> int:
         return int(transformer.config.text_dim)
-
-    def pooled_width(self, transformer: nn.Module) -> int | None:
-        return None
-
-    def modulation(self, block: nn.Module, temb: torch.Tensor, hidden_size: int) -> Modulation:
-        return table_modulation(block.scale_shift_table, temb, hidden_size)
 
     def forward(self, transformer, x_t, t, text_embeds, pooled, guidance):
         b, _, h, w = x_t.shape
