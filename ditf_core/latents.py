@@ -35,6 +35,22 @@ def check_vae(vae: object) -> nn.Module:
     return vae
 
 
+def check_vae_fits(vae: object, family, transformer: nn.Module) -> nn.Module:
+    """``vae`` if its normalised latents are what ``transformer`` (of ``family``) denoises: channels, pixels per
+    cell and kind of latent space; else a ``ValueError`` naming the VAE the model needs. Reads only the VAE's class
+    and config, so a VAE built on the meta device can be checked before any weight is read."""
+    channels, factor = latent_format(check_vae(vae))
+    needed = family.latent_channels(transformer)
+    space = latent_space(vae)
+    if (channels, factor) != (needed, family.vae_factor) or family.latent_space not in ("", space):
+        wanted = LATENT_SPACES.get(family.latent_space, "its own VAE")
+        raise ValueError(
+            f"this {type(vae).__name__} makes {channels}-channel latents at 1/{factor} scale but this {family.label} "
+            f"denoises {needed}-channel latents at 1/{family.vae_factor} from {wanted}; use the model's own VAE"
+        )
+    return vae
+
+
 # What each family's ``latent_space`` names, for error messages.
 LATENT_SPACES = {
     "kl16": "a 16-channel AutoencoderKL (Flux.1 ae / SD3 VAE)",

@@ -7,74 +7,147 @@ Accepted:
 * a single ``.safetensors`` transformer file (original / ComfyUI / diffusers key layout) plus ``vae=``, through
   diffusers' ``from_single_file`` (every supported family but PixArt, which diffusers cannot load that way); its
   diffusers config comes from ``config=`` or, for the known releases, from the presets in ``ditf_core/configs``
-  (the release is recognised by diffusers' own ``infer_diffusers_model_type``, Flux.1 / SD3 / Qwen-Image by their
-  tensor names).
+  (:mod:`ditf_core.releases` recognises the release).
 
 Text encoders of pipeline folders are used for Flux.1 and SD3 / SD3.5; the other families run on zero conditioning,
 precomputed embeddings (``--text-embeds``) or, in ComfyUI, a CONDITIONING input.
+
+Three steps, so that a command line can check everything before the slow part: :func:`find_model_files` resolves
+what the user named into the files of each part, :func:`probe_model` checks them without reading a weight (the
+configs, the header of every ``.safetensors`` file, the transformer built on the meta device for its structure),
+and :func:`load_model` reads the weights. ``DiTFPipeline.from_pretrained`` runs all three.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .errors import DiTFInputError, UnsupportedModelError
-from .families import supported_families
+from .families import DiTFamily, family_for, supported_families
+from .latents import check_vae_fits
+from .releases import CONFIGS, read_header, transformer_preset, vae_preset
+from .wording import first_line
 
-CONFIGS = Path(__file__).parent / "configs"
 TRANSFORMER_CLASSES = (
     "FluxTransformer2DModel", "SD3Transformer2DModel", "Flux2Transformer2DModel", "ChromaTransformer2DModel",
     "QwenImageTransformer2DModel", "Lumina2Transformer2DModel", "ZImageTransformer2DModel",
     "HiDreamImageTransformer2DModel", "PixArtTransformer2DModel", "AuraFlowTransformer2DModel", "WanTransformer3DModel",
 )
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderKLWan", "AutoencoderKLQwenImage", "AutoencoderKLFlux2")
-# diffusers' infer_diffusers_model_type -> our preset config (None: recognised, but pass its config folder).
-RELEASE_PRESETS = {
-    "flux-2-dev": "flux2-dev", "chroma": "chroma", "lumina2": "lumina2", "z-image-turbo": "z-image-turbo",
-    "auraflow": "auraflow-v0.3", "wan-t2v-1.3B": "wan2.1-t2v-1.3b", "wan-t2v-14B": "wan2.1-t2v-14b", "hidream": None,
-}
-# Single-file VAEs carry no config: the preset of each family's VAE (None: only a diffusers VAE folder will do).
-VAE_PRESETS = {
-    "flux": "flux-vae", "chroma": "flux-vae", "lumina2": "flux-vae", "z_image": "flux-vae", "hidream": "flux-vae",
-    "sd3": "sd3-vae", "auraflow": "sdxl-vae", "wan": "wan-vae", "qwen_image": None, "flux2": None, "pixart": None,
-}
+PROMPT_FAMILIES = ("flux", "sd3")  # families whose pipeline folders' text encoders DiTF runs
+TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 NOT_LOCAL = "nothing is downloaded: give a local path"
 
 
-def load_pipeline(
-    path,
-    *,
-    vae=None,
-    config=None,
-    text_encoders: bool = True,
-    device=None,
-    dtype=None,
-):
-    """A :class:`~ditf_core.pipeline.DiTFPipeline` from local files (see the module docstring)."""
-    from .pipeline import DiTFPipeline, resolve_device_dtype
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where each part of a model is, resolved from what the user named; no weight has been read.
 
-    device, dtype = resolve_device_dtype(device, dtype)
+    transformer: a diffusers transformer folder or a single .safetensors file; config: the folder whose
+    config.json describes the transformer; vae: a diffusers VAE folder or a single .safetensors file;
+    text_folder: the pipeline folder whose text encoders encode prompts, or None (zero conditioning).
+    """
+
+    name: str
+    transformer: Path
+    config: Path
+    vae: Path
+    text_folder: Path | None
+
+
+@dataclass(frozen=True)
+class ModelProbe:
+    """What the files say before any weight is read. skeleton: the transformer built from its config on the meta
+    device (structure and config, no memory); family: its adapter."""
+
+    files: ModelFiles
+    skeleton: nn.Module
+    family: DiTFamily
+
+    @property
+    def encodes_prompts(self) -> bool:
+        return self.files.text_folder is not None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The parts a :class:`~ditf_core.pipeline.DiTFPipeline` is made of; prompt_encoder None: zero conditioning."""
+
+    transformer: nn.Module
+    vae: nn.Module
+    prompt_encoder: object | None
+    name: str
+
+
+def find_model_files(path, *, vae=None, config=None, text_encoders: bool = True) -> ModelFiles:
+    """Resolve ``path`` (and ``vae`` / ``config`` where it holds only a transformer) into :class:`ModelFiles`."""
     path = _existing(path, "model")
-    prompt_encoder = None
     if path.is_dir() and (path / "model_index.json").is_file():
         _check_pipeline_folder(path)
-        transformer = load_transformer(path / "transformer", dtype=dtype)
-        vae_model = load_vae(vae if vae is not None else path / "vae", transformer=transformer)
-        if text_encoders:
-            prompt_encoder = load_prompt_encoder(path, transformer, dtype=dtype, device=device)
+        encoders = text_encoders and any((path / name).is_dir() for name in TEXT_ENCODER_FOLDERS)
+        return ModelFiles(path.name, path / "transformer", path / "transformer", _vae_files(vae or path / "vae"),
+                          path if encoders else None)
+    if path.is_dir():
+        config_dir = path
+        _class_name(path)  # a clear error for a folder that is not a diffusers model
     else:
-        transformer = load_transformer(path, config=config, dtype=dtype)
-        if vae is None:
-            raise DiTFInputError(
-                f"{path} holds only a transformer; also give its VAE (vae=... / --vae), a diffusers VAE folder, "
-                "a pipeline folder with vae/, or a .safetensors VAE file"
-            )
-        vae_model = load_vae(vae, transformer=transformer)
-    return DiTFPipeline(transformer, vae_model, prompt_encoder, device=device, dtype=dtype, name=path.name)
+        _check_safetensors(path)
+        config_dir = _existing(config, "config") if config is not None else CONFIGS / transformer_preset(path)
+    if vae is None:
+        raise DiTFInputError(
+            f"{path} holds only a transformer; also give its VAE (vae=... / --vae), a diffusers VAE folder, "
+            "a pipeline folder with vae/, or a .safetensors VAE file"
+        )
+    return ModelFiles(path.name, path, config_dir, _vae_files(vae), None)
+
+
+def probe_model(files: ModelFiles) -> ModelProbe:
+    """Check every file of ``files`` without reading a weight: the transformer and its VAE are built on the meta
+    device from their configs (structure only) and checked to fit together. The returned files drop the text
+    encoders of a family whose prompts DiTF does not encode (it runs on zero conditioning)."""
+    class_name = _class_name(files.config)
+    cls = _transformer_class(class_name, files.config)
+    _check_loadable(cls, files.transformer)
+    for weights in _weight_files(files.transformer, "transformer"):
+        read_header(weights, "transformer")
+    with torch.device("meta"):
+        skeleton = cls.from_config(cls.load_config(str(files.config)))
+    family = family_for(skeleton)
+    vae_class, vae_config = _vae_source(files.vae, family)
+    with torch.device("meta"):
+        vae_skeleton = vae_class.from_config(vae_class.load_config(str(vae_config)))
+    try:
+        check_vae_fits(vae_skeleton, family, skeleton)
+    except ValueError as error:
+        raise DiTFInputError(f"the VAE at {files.vae}: {error}") from None
+    for weights in _weight_files(files.vae, "VAE"):
+        read_header(weights, "VAE")
+    if files.text_folder is not None and family.name not in PROMPT_FAMILIES:
+        files = replace(files, text_folder=None)
+    if files.text_folder is not None:
+        for name in TEXT_ENCODER_FOLDERS:
+            for weights in sorted((files.text_folder / name).glob("*.safetensors")):
+                read_header(weights, "text encoder")
+    return ModelProbe(files, skeleton, family)
+
+
+def load_model(files: ModelFiles, *, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Read the weights of ``files``: the transformer in ``dtype``, the VAE in float32, the text encoders if any."""
+    config = files.config if files.transformer.is_file() else None
+    transformer = _loading("transformer", files.transformer, lambda: load_transformer(files.transformer,
+                                                                                    config=config, dtype=dtype))
+    vae = _loading("VAE", files.vae, lambda: load_vae(files.vae, transformer=transformer))
+    prompt_encoder = None
+    if files.text_folder is not None:
+        prompt_encoder = _loading("text encoders", files.text_folder, lambda: load_prompt_encoder(
+            files.text_folder, transformer, dtype=dtype, device=device))
+    return LoadedModel(transformer, vae, prompt_encoder, files.name)
 
 
 def load_transformer(path, *, config=None, dtype=torch.float32):
@@ -82,27 +155,15 @@ def load_transformer(path, *, config=None, dtype=torch.float32):
     file."""
     path = _existing(path, "transformer")
     if path.is_dir():
-        class_name = _class_name(path)
-        try:
-            return _transformer_class(class_name, path).from_pretrained(str(path), **_local(dtype))
-        except ValueError as error:
-            if "keep_in_fp32_modules" not in str(error):
-                raise
-            raise DiTFInputError(
-                f"{path}: diffusers loads {class_name} folders only with the `accelerate` package (it keeps some "
-                "layers in float32 while loading); install it (pip install accelerate) or load the single "
-                ".safetensors file of the transformer"
-            ) from error
+        model_class = _transformer_class(_class_name(path), path)
+        _check_loadable(model_class, path)
+        return model_class.from_pretrained(str(path), **_local(dtype))
     _check_safetensors(path)
     config_dir = _existing(config, "config") if config is not None else CONFIGS / transformer_preset(path)
-    class_name = _class_name(config_dir)
-    model_class = _transformer_class(class_name, config_dir)
-    if not hasattr(model_class, "from_single_file"):
-        raise UnsupportedModelError(
-            f"{path.name}: diffusers cannot load a single-file {class_name}; give the diffusers folder instead"
-        )
+    model_class = _transformer_class(_class_name(config_dir), config_dir)
+    _check_loadable(model_class, path)
     source = str(path)
-    if class_name == "QwenImageTransformer2DModel":
+    if model_class.__name__ == "QwenImageTransformer2DModel":
         # diffusers maps Qwen-Image files as they are, so ComfyUI's "model.diffusion_model." prefix would leave every
         # weight unused (and the model random): strip it first.
         from safetensors.torch import load_file
@@ -112,42 +173,23 @@ def load_transformer(path, *, config=None, dtype=torch.float32):
 
 
 def load_vae(path, *, transformer=None):
-    """The model's diffusers VAE (float32) from a folder, a pipeline folder's ``vae/`` or a .safetensors file."""
-    import diffusers
-
-    from .families import family_for
-
-    path = _existing(path, "vae")
+    """The model's diffusers VAE (float32) from a folder, a pipeline folder's ``vae/`` or a .safetensors file (its
+    config: the preset of ``transformer``'s family; without a transformer, Flux.1's)."""
+    path = _vae_files(path)
+    vae_class, config = _vae_source(path, family_for(transformer) if transformer is not None else None)
     if path.is_dir():
-        if (path / "model_index.json").is_file():
-            path = path / "vae"
-        class_name = _class_name(path) if (path / "config.json").is_file() else ""
-        if class_name not in VAE_CLASSES:
-            raise DiTFInputError(f"{path} is not a diffusers VAE folder (config.json of one of {', '.join(VAE_CLASSES)})")
-        return getattr(diffusers, class_name).from_pretrained(str(path), **_local())
-    _check_safetensors(path)
-    family = family_for(transformer) if transformer is not None else None
-    preset = VAE_PRESETS.get(family.name if family else "flux")
-    if preset is None:
-        raise DiTFInputError(
-            f"{path.name}: a single-file VAE cannot be loaded for {family.label} (diffusers has no single-file "
-            "loader or no config for it); give the diffusers VAE folder (vae/ of the model's pipeline)"
-        )
-    vae_class = getattr(diffusers, json.loads((CONFIGS / preset / "config.json").read_text())["_class_name"])
-    return vae_class.from_single_file(str(path), config=str(CONFIGS / preset), **_local(safetensors=False))
+        return vae_class.from_pretrained(str(path), **_local())
+    return vae_class.from_single_file(str(path), config=str(config), **_local(safetensors=False))
 
 
 def load_prompt_encoder(folder: Path, transformer, *, dtype, device):
     """The pipeline's text encoders as a cached prompt encoder, or None when the folder has none."""
     from .conditioning import DiffusersPromptEncoder
-    from .families import family_for
 
     family = family_for(transformer)
-    if family.name not in ("flux", "sd3"):
+    if family.name not in PROMPT_FAMILIES or not any((folder / name).is_dir() for name in TEXT_ENCODER_FOLDERS):
         return None  # other families: zero conditioning, --text-embeds or ComfyUI's CONDITIONING (module docstring)
-    if not any((folder / name).is_dir() for name in ("text_encoder", "text_encoder_2", "text_encoder_3")):
-        return None
-    index = json.loads((folder / "model_index.json").read_text())
+    index = _read_json(folder / "model_index.json")
     pipeline_class = _pipeline_class(index.get("_class_name", ""), family.name)
     with warnings.catch_warnings():
         # diffusers 0.42 renames torch_dtype to dtype; older releases (>= 0.32, which we support) know only torch_dtype
@@ -156,62 +198,77 @@ def load_prompt_encoder(folder: Path, transformer, *, dtype, device):
     return DiffusersPromptEncoder(pipeline, family.name)
 
 
-def transformer_preset(path: Path) -> str:
-    """The preset config for a known single-file transformer release, judged from its tensor names."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        keys = {key.removeprefix("model.diffusion_model.") for key in handle.keys()}
-    if "double_blocks.0.img_attn.qkv.weight" in keys or "single_transformer_blocks.0.norm.linear.weight" in keys:
-        double = _count(keys, "double_blocks.") or _count(keys, "transformer_blocks.")
-        single = _count(keys, "single_blocks.") or _count(keys, "single_transformer_blocks.")
-        if (double, single) != (19, 38):
-            raise DiTFInputError(_unknown_variant(path, f"Flux with {double}+{single} blocks"))
-        guided = "guidance_in.in_layer.weight" in keys or "time_text_embed.guidance_embedder.linear_1.weight" in keys
-        return "flux-dev" if guided else "flux-schnell"
-    if "joint_blocks.0.x_block.attn.qkv.weight" in keys or "transformer_blocks.0.norm1_context.linear.weight" in keys:
-        depth = _count(keys, "joint_blocks.") or _count(keys, "transformer_blocks.")
-        dual = "joint_blocks.0.x_block.attn2.qkv.weight" in keys or "transformer_blocks.0.attn2.to_q.weight" in keys
-        presets = {(24, False): "sd3-medium", (38, False): "sd3.5-large", (24, True): "sd3.5-medium"}
-        if (depth, dual) not in presets:
-            raise DiTFInputError(_unknown_variant(path, f"SD3 with {depth} blocks"))
-        return presets[(depth, dual)]
-    if "transformer_blocks.0.img_mod.1.weight" in keys and "txt_norm.weight" in keys:
-        return "qwen-image"  # Qwen-Image ships in diffusers layout (diffusers' detection does not name it)
-    return _release_preset(path)
+def _vae_files(path) -> Path:
+    """The VAE part of what the user named: a VAE folder, a pipeline folder's vae/, or a .safetensors file."""
+    path = _existing(path, "vae")
+    if path.is_dir():
+        if (path / "model_index.json").is_file():
+            path = path / "vae"
+        if not (path / "config.json").is_file():
+            raise DiTFInputError(f"{path} is not a diffusers VAE folder (no config.json)")
+        return path
+    _check_safetensors(path)
+    return path
 
 
-def _release_preset(path: Path) -> str:
-    """The preset of a release diffusers' ``infer_diffusers_model_type`` recognises from the tensor names/shapes."""
-    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
-    from safetensors import safe_open
+def _vae_source(path: Path, family: DiTFamily | None) -> tuple[type, Path]:
+    """(diffusers VAE class, config folder) of the VAE at ``path``: a folder's own config, or for a single file the
+    preset of ``family``'s VAE."""
+    import diffusers
 
-    with safe_open(str(path), framework="pt") as handle:  # shapes only: no tensor is read
-        shapes = {key: _Shape(tuple(handle.get_slice(key).get_shape())) for key in handle.keys()}
-    try:
-        release = infer_diffusers_model_type(shapes)
-    except (KeyError, IndexError, AttributeError):
-        release = ""
-    if release not in RELEASE_PRESETS:
-        raise UnsupportedModelError(
-            f"{path} is not a transformer of a supported release (diffusers sees {release or 'nothing it knows'}); "
-            f"supported: {supported_families()}. PixArt loads from a diffusers folder only."
+    config = path if path.is_dir() else CONFIGS / vae_preset(family, path)
+    class_name = _read_json(config / "config.json").get("_class_name", "")
+    if class_name not in VAE_CLASSES:
+        raise DiTFInputError(f"{config} is not a diffusers VAE folder (config.json of one of {', '.join(VAE_CLASSES)})")
+    return getattr(diffusers, class_name), config
+
+
+def _check_loadable(model_class: type, path: Path) -> None:
+    """Refuse what diffusers cannot load here: a single file of a class without ``from_single_file``, a folder of
+    a class that keeps modules in float32 (diffusers then needs ``accelerate``) when accelerate is missing."""
+    from diffusers.utils import is_accelerate_available
+
+    name = model_class.__name__
+    if path.is_file() and not hasattr(model_class, "from_single_file"):
+        raise UnsupportedModelError(f"{path.name}: diffusers cannot load a single-file {name}; give the diffusers "
+                                    "folder instead")
+    if path.is_dir() and model_class._keep_in_fp32_modules is not None and not is_accelerate_available():
+        raise DiTFInputError(
+            f"{path}: diffusers loads {name} folders only with the `accelerate` package (it keeps some layers in "
+            "float32 while loading); install it (pip install accelerate) or load the single .safetensors file of "
+            "the transformer"
         )
-    preset = RELEASE_PRESETS[release]
-    if preset is None:
-        raise DiTFInputError(_unknown_variant(path, f"{release} checkpoint with no preset config here"))
-    keys = {key.removeprefix("model.diffusion_model.") for key in shapes}
-    if preset == "flux2-dev" and (_count(keys, "double_blocks."), _count(keys, "single_blocks.")) != (8, 48):
-        found = f"Flux.2 with {_count(keys, 'double_blocks.')}+{_count(keys, 'single_blocks.')} blocks (klein?)"
-        raise DiTFInputError(_unknown_variant(path, found))
-    return preset
 
 
-class _Shape:
-    """What diffusers' model-type detection reads of a tensor: its shape."""
+def _weight_files(path: Path, what: str) -> list[Path]:
+    """The .safetensors files of a model folder (or the file itself); a folder without any is refused."""
+    if path.is_file():
+        return [path]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise DiTFInputError(f"the {what} folder {path} holds no .safetensors weights (only .safetensors are "
+                             "read); convert the weights or give another folder")
+    return files
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
+
+def _loading(what: str, path: Path, load):
+    """``load()``, with any error of the file readers turned into one message naming the file."""
+    try:
+        return load()
+    except DiTFInputError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise DiTFInputError(f"could not load the {what} from {path}: {first_line(error)}") from error
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DiTFInputError(f"{path} is not a readable JSON file ({error}); download it again") from None
+    if not isinstance(data, dict):
+        raise DiTFInputError(f"{path} is not a diffusers config (a JSON object expected)")
+    return data
 
 
 def _local(dtype=None, *, safetensors: bool = True) -> dict:
@@ -249,7 +306,7 @@ def _check_safetensors(path: Path) -> None:
 def _check_pipeline_folder(folder: Path) -> None:
     if (folder / "transformer").is_dir():
         return
-    pipeline = json.loads((folder / "model_index.json").read_text()).get("_class_name", "pipeline")
+    pipeline = _read_json(folder / "model_index.json").get("_class_name", "pipeline")
     if (folder / "unet").is_dir():
         raise UnsupportedModelError(
             f"{folder} is a {pipeline} (a UNet diffusion model, not a Diffusion Transformer); "
@@ -264,7 +321,7 @@ def _class_name(folder: Path) -> str:
         raise DiTFInputError(
             f"{folder} is not a diffusers model folder (no config.json / model_index.json with transformer/)"
         )
-    return json.loads(config.read_text()).get("_class_name", "")
+    return _read_json(config).get("_class_name", "")
 
 
 def _transformer_class(class_name: str, where: Path):
@@ -282,12 +339,3 @@ def _pipeline_class(class_name: str, family: str):
 
     default = "FluxPipeline" if family == "flux" else "StableDiffusion3Pipeline"
     return getattr(diffusers, class_name if class_name.startswith(("Flux", "StableDiffusion3")) else default)
-
-
-def _count(keys: set[str], prefix: str) -> int:
-    indices = {key[len(prefix) :].split(".", 1)[0] for key in keys if key.startswith(prefix)}
-    return len({index for index in indices if index.isdigit()})
-
-
-def _unknown_variant(path: Path, found: str) -> str:
-    return f"{path.name} is a {found}, not a known release; pass the diffusers config folder with config=/--config"

@@ -17,9 +17,11 @@ from torch import nn
 
 from . import latents as latent_spaces
 from .conditioning import ZeroPromptEncoder
+from .errors import DiTFInputError
 from .features import DiTFeatures
 from .families import DiTFamily, FamilyDefaults, family_for
 from .images import as_image_batch, resize_for_model
+from .loading import ModelFiles, find_model_files, load_model, probe_model
 from .mapping import PixelMapping
 from .massive import find_massive_channels
 from .recipe import EnsembleCapture, ProgressFn, apply_recipe, capture_ensemble, check_channels, check_timestep
@@ -86,7 +88,7 @@ class DiTFPipeline:
         self.family = family_for(transformer)
         self.device, self.dtype = resolve_device_dtype(device, dtype)
         self.transformer = _move(transformer, self.device, self.dtype)
-        self.vae = _move(_check_vae(vae, self.family, transformer), self.device, torch.float32)
+        self.vae = _move(latent_spaces.check_vae_fits(vae, self.family, transformer), self.device, torch.float32)
         self.prompt_encoder = prompt_encoder or ZeroPromptEncoder(transformer)
         self.defaults = self.family.defaults(transformer)
         self.name = name or type(transformer).__name__
@@ -94,11 +96,25 @@ class DiTFPipeline:
 
     # --- constructors -----------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path, **kwargs) -> DiTFPipeline:
-        """Load from a local diffusers folder or a single .safetensors file (see :mod:`ditf_core.loading`)."""
-        from .loading import load_pipeline
+    def from_pretrained(
+        cls, path, *, vae=None, config=None, text_encoders: bool = True, device=None, dtype=None
+    ) -> DiTFPipeline:
+        """Load from a local diffusers folder or a single .safetensors transformer (see :mod:`ditf_core.loading`).
 
-        return load_pipeline(path, **kwargs)
+        vae: the VAE (folder or .safetensors) when ``path`` holds only a transformer; config: the diffusers config
+        folder of a single-file transformer that is not a known release; text_encoders: use the folder's text
+        encoders for prompts (False: zero conditioning). Every file is checked before any weight is read.
+        """
+        files = probe_model(find_model_files(path, vae=vae, config=config, text_encoders=text_encoders)).files
+        return cls.from_files(files, device=device, dtype=dtype)
+
+    @classmethod
+    def from_files(cls, files: ModelFiles, *, device=None, dtype=None) -> DiTFPipeline:
+        """Load model files already found by :func:`~ditf_core.loading.find_model_files` and checked by
+        :func:`~ditf_core.loading.probe_model` (use the files it returns)."""
+        device, dtype = resolve_device_dtype(device, dtype)
+        parts = load_model(files, device=device, dtype=dtype)
+        return cls(parts.transformer, parts.vae, parts.prompt_encoder, device=device, dtype=dtype, name=parts.name)
 
     @classmethod
     def demo(cls, seed: int = 0, **kwargs) -> DiTFPipeline:
@@ -121,9 +137,26 @@ class DiTFPipeline:
         return {"name": self.name, **self.family.fingerprint(self.transformer), "text": self.prompt_encoder.description}
 
     # --- extraction -------------------------------------------------------------------------------------
+    @property
+    def encodes_prompts(self) -> bool:
+        """Whether a prompt changes the conditioning: False for zero or fixed precomputed conditioning."""
+        return getattr(self.prompt_encoder, "encodes_prompts", True)
+
     def settings(self, **settings) -> ExtractSettings:
-        """Validate the settings and fill in the family defaults (see :func:`resolve_settings`)."""
-        return resolve_settings(self.defaults, **settings)
+        """Validate the settings and fill in the family defaults (see :func:`resolve_settings`).
+
+        A prompt is refused when this pipeline's conditioning ignores prompts, so that no record ever names a
+        prompt that was not used."""
+        resolved = resolve_settings(self.defaults, **settings)
+        if self.encodes_prompts:
+            return resolved
+        if resolved.prompt.strip():
+            raise DiTFInputError(
+                f"prompt {resolved.prompt!r} cannot be used: this pipeline has {self.prompt_encoder.description}, "
+                "which ignores prompts; load a diffusers pipeline folder that has its text encoders "
+                "(text_encoders=True) to use prompts, or leave the prompt empty"
+            )
+        return replace(resolved, prompt="")
 
     @torch.no_grad()
     def extract(
@@ -210,6 +243,11 @@ class DiTFPipeline:
         mean, std = latent_spaces.encode_posterior(self.vae, resized.to(self.device, torch.float32))
         samples = mean + std * draw_noise((ensemble, *mean.shape), generator)
         return latent_spaces.normalize(self.vae, samples)
+
+
+def load_pipeline(path, **options) -> DiTFPipeline:
+    """:meth:`DiTFPipeline.from_pretrained` as a function (exported as ``ditf_core.load_pipeline``)."""
+    return DiTFPipeline.from_pretrained(path, **options)
 
 
 def draw_noise(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
@@ -322,18 +360,6 @@ def _move(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Modu
     return model.eval()
 
 
-def _check_vae(vae, family: DiTFamily, transformer: nn.Module) -> nn.Module:
-    """The VAE, if its normalised latents are what ``transformer`` denoises (channels and pixels per cell)."""
-    channels, factor = latent_spaces.latent_format(latent_spaces.check_vae(vae))
-    needed = family.latent_channels(transformer)
-    space = latent_spaces.latent_space(vae)
-    if (channels, factor) != (needed, family.vae_factor) or family.latent_space not in ("", space):
-        wanted = latent_spaces.LATENT_SPACES.get(family.latent_space, "its own VAE")
-        raise ValueError(
-            f"this {type(vae).__name__} makes {channels}-channel latents at 1/{factor} scale but this {family.label} "
-            f"denoises {needed}-channel latents at 1/{family.vae_factor} from {wanted}; use the model's own VAE"
-        )
-    return vae
 
 
 def _positive_int(name: str, value) -> int:

@@ -364,3 +364,10 @@ def make_room(num_bytes: int, device: torch.device) -> None:
     """Ask ComfyUI to offload its models until ``num_bytes`` fit on ``device`` (for models it does not manage)."""
     if device.type != "cpu":
         comfy.model_management.free_memory(num_bytes, device)
+
+
+def load_clip_vision(clip_vision) -> torch.device:
+    """Load a CLIP_VISION model (``comfy.clip_vision.ClipVisionModel``) onto its device the way CLIP Vision Encode
+    does, for a forward pass of our own (DINOv2 fusion); returns that device."""
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    return clip_vision.load_device

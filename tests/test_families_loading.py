@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ditf_core import DiTFPipeline, UnsupportedModelError
+from ditf_core import DiTFPipeline, UnsupportedModelError, load_pipeline
 from ditf_core.demo_model import build_tiny_family, build_tiny_vae
 from ditf_core.errors import DiTFInputError
-from ditf_core.loading import CONFIGS, RELEASE_PRESETS, VAE_PRESETS, load_pipeline, load_vae, transformer_preset
+from ditf_core.loading import load_vae
+from ditf_core.releases import CONFIGS, RELEASE_PRESETS, VAE_PRESETS, transformer_preset
 from ditf_core.samples import sample_scene
 
 VAES = {"flux2": "flux2", "qwen_image": "qwen", "wan": "wan", "pixart": "kl4", "auraflow": "kl4"}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +22,8 @@ from PIL import Image
 
 from ..errors import DiTFInputError
 from ..features import DiTFeatures
+from ..image_files import open_image
+from ..outputs import write_json
 from ..matching import match_points
 from .datasets import Pair
 from .pck import ALPHAS, PairScore, correct_points, summarize
@@ -144,9 +145,8 @@ class _FeatureSource:
 
     def _extract(self, image_path: Path) -> DiTFeatures:
         if not image_path.is_file():
-            raise FileNotFoundError(f"image {image_path} is missing; check the dataset --root")
-        with Image.open(image_path) as image:
-            image = image.convert("RGB")
+            raise FileNotFoundError(f"image {image_path} is missing; check the dataset folder (ROOT)")
+        image = open_image(image_path)
         features = self.extractor(image)
         if not isinstance(features, DiTFeatures) or features.batch != 1:
             raise TypeError(f"the extractor must return DiTFeatures of one image, got {type(features).__name__}")
@@ -157,15 +157,13 @@ class _FeatureSource:
             )
         self.extracted += 1
         if self.cache_dir is not None:
-            _save_atomically(features, cache_path(self.cache_dir, self.settings, image_path), self.settings)
+            _save_to_cache(features, cache_path(self.cache_dir, self.settings, image_path), self.settings)
         return features
 
 
-def _save_atomically(features: DiTFeatures, path: Path, settings: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save_to_cache(features: DiTFeatures, path: Path, settings: dict) -> None:
+    """The entry and, once per settings folder, the settings that key it (both written atomically)."""
     manifest = path.parent / "settings.json"
     if not manifest.exists():
-        manifest.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str))
-    partial = path.with_name(path.name + f".{os.getpid()}.partial")
-    features.to(torch.device("cpu")).save(partial)
-    os.replace(partial, path)
+        write_json(manifest, settings, default=str)
+    features.to(torch.device("cpu")).save(path)

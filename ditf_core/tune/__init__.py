@@ -3,7 +3,7 @@
 * :func:`find_layer` - host-agnostic: takes ``extract(pixels, t) -> {layer: DiTFeatures}`` (one early-exit capture
   per t covering every block) and the images; returns a :class:`LayerSearch` (PCK table, best, plot, JSON);
 * :func:`tune_pipeline` - the same on a :class:`~ditf_core.DiTFPipeline`;
-* ``python -m ditf_core tune`` (:mod:`.cli`) and the **Find DiTF Layer** node in ComfyUI.
+* ``python -m ditf_core tune`` (:mod:`ditf_core.commands.tune`) and the **Find DiTF Layer** node in ComfyUI.
 """
 
 from __future__ import annotations

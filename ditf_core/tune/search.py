@@ -64,7 +64,7 @@ def find_layer(
         batch = torch.cat([image[None], known.images])  # the image first, then its N views
         for row, t in enumerate(ts):
             for layer, features in extract(batch, t).items():
-                check_grid(features)
+                check_cells(*features.grid)
                 hits = score_block(features, points, truth, valid, max(width, height))
                 correct[(row, layer)] = correct.get((row, layer), 0) + hits
             done += 1
@@ -101,11 +101,7 @@ def check_images(images) -> list[torch.Tensor]:
         if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
             shape = list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
             raise DiTFInputError(f"image {index} must be a float tensor [3, H, W] in [0, 1], got {shape}")
-        if min(image.shape[1:]) < MIN_SIDE:
-            raise DiTFInputError(
-                f"image {index} is {image.shape[2]}x{image.shape[1]} px; the layer finder needs at least "
-                f"{MIN_SIDE} px a side to place and score points - use a larger image"
-            )
+        check_image_size(index, image.shape[2], image.shape[1])
         checked.append(image.to(torch.float32).clamp(0.0, 1.0))
     return checked
 
@@ -117,8 +113,17 @@ def check_ts(ts) -> list[float]:
     return sorted(set(values))
 
 
-def check_grid(features: DiTFeatures) -> None:
-    height, width = features.grid
+def check_image_size(index: int, width: int, height: int) -> None:
+    """Image ``index`` is large enough to place and score points on."""
+    if min(width, height) < MIN_SIDE:
+        raise DiTFInputError(
+            f"image {index} is {width}x{height} px; the layer finder needs at least {MIN_SIDE} px a side to place and "
+            "score points - use a larger image"
+        )
+
+
+def check_cells(height: int, width: int) -> None:
+    """A feature grid of ``width x height`` cells is large enough to score matching on."""
     if min(height, width) < MIN_CELLS:
         raise DiTFInputError(
             f"the model gives this image only {width}x{height} feature cells; the layer finder needs at least "
