@@ -222,7 +222,7 @@ def test_prompt_without_text_encoders(tmp_path, image, model_files, capsys):
 def test_resolution_beyond_the_models_position_embeddings(image, model_files, capsys):
     # the tiny SD3 has position embeddings for 128 x 128 tokens: 2048 px
     refused(["extract", image, "--model", model_files / "tiny-sd3", "--resolution", "3000"], capsys,
-            "--resolution: this SD3 model has position embeddings for at most 128x128 tokens (2048 px)")
+            "--resolution: this SD3/SD3.5 transformer has position embeddings for at most 128x128 tokens (2048 px)")
 
 
 # --- argparse and eval -------------------------------------------------------------------------------------------
