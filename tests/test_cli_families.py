@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from cli_helpers import forbid_model_loading, refused
+from cli_helpers import image, no_model_load, refused  # noqa: F401 (fixtures: no model loads here)
 from safetensors.torch import save_file
 from test_families_loading import VAES, write_pipeline_folder
 
@@ -18,18 +18,6 @@ from ditf_core.samples import sample_scene
 
 FAMILIES = ["flux2", "chroma", "qwen_image", "lumina2", "z_image", "hidream", "pixart", "auraflow", "wan"]
 DEMO = ["--demo", "--ensemble", "1"]
-
-
-@pytest.fixture(autouse=True)
-def no_model_load(monkeypatch):
-    forbid_model_loading(monkeypatch)
-
-
-@pytest.fixture
-def image(tmp_path):
-    path = tmp_path / "scene.png"
-    sample_scene(size=(96, 64)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
