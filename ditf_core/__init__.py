@@ -1,4 +1,4 @@
-"""DiTF: dense visual-correspondence features from Diffusion Transformers (Flux, SD3/SD3.5).
+"""DiTF: dense visual-correspondence features from Diffusion Transformers (eleven families: see supported_families()).
 
 Framework-agnostic engine: never imports ComfyUI. Public entry points:
 

@@ -54,12 +54,15 @@ def capture_blocks(
     run: Callable[[], object],
     consume: Consumer,
     interrupt: Interrupt | None = None,
+    tokens: int | None = None,
 ) -> None:
     """Call ``run()`` (which runs ``transformer``) and hand the inputs of blocks ``layers`` to ``consume``.
 
     ``consume(layer, hidden [m, N, C], temb [m, D])`` is called inside the forward pass, as each block is reached;
     the forward pass stops when the deepest requested block is reached. ``interrupt()``, when given, is called
-    before every block up to that one; whatever it raises ends the pass (and propagates).
+    before every block up to that one; whatever it raises ends the pass (and propagates). ``tokens``: the number of
+    image tokens; when given, ``hidden`` is only those (the family's token order says where they sit among text and
+    padding).
     """
     layers = check_layers(transformer, family, layers)
     blocks = family.blocks(transformer)
@@ -75,6 +78,8 @@ def capture_blocks(
             if not captured:
                 return None
             hidden, temb = family.block_inputs(args, kwargs)
+            if tokens is not None:
+                hidden = family.image_tokens(transformer, index, hidden, tokens)
             consume(index, hidden.detach(), temb.detach())
             reached.add(index)
             if index == last:

@@ -24,8 +24,7 @@ from .conditioning import FixedPromptEncoder
 from .errors import DiTFInputError
 from .families import DiTFamily, family_for
 from .image_files import open_image
-from .loading import ModelFiles, find_model_files, probe_model
-from .mapping import PixelMapping
+from .loading import PROMPT_FAMILIES, ModelFiles, find_model_files, probe_model
 from .pipeline import DiTFPipeline, resolve_discard
 from .recipe import check_timestep
 from .wording import plural
@@ -69,9 +68,9 @@ def plan_model(args, *, demo_by_default: bool = False) -> ModelPlan:
     else:
         for option, value in (("--model", args.model), ("--vae", args.vae), ("--config", args.config)):
             _check_exists(option, value)
-        files = find_model_files(args.model, vae=args.vae, config=args.config,
-                                 text_encoders=not args.no_text_encoders and args.text_embeds is None)
-        skeleton = probe_model(files).skeleton
+        probe = probe_model(find_model_files(args.model, vae=args.vae, config=args.config,
+                                             text_encoders=not args.no_text_encoders and args.text_embeds is None))
+        files, skeleton = probe.files, probe.skeleton
     family = family_for(skeleton)
     text_embeds = _read_text_embeds(args.text_embeds, skeleton, family) if args.text_embeds is not None else None
     plan = ModelPlan(files, skeleton, family, device, dtype, text_embeds)
@@ -130,13 +129,23 @@ def check_sampling_options(args, plan: ModelPlan, image_sizes: Sequence[tuple[in
     --micro-batch."""
     if args.t is not None:
         _named("--t", check_timestep, args.t)
-    for option, value, low in (("--ensemble", args.ensemble, 1), ("--micro-batch", args.micro_batch, 1),
-                               ("--seed", args.seed, 0)):
-        if value is not None and value < low:
-            raise DiTFInputError(f"{option} must be at least {low}, got {value}")
+    check_minimums(("--ensemble", args.ensemble, 1), ("--micro-batch", args.micro_batch, 1), ("--seed", args.seed, 0))
     if not math.isfinite(args.guidance):
         raise DiTFInputError(f"--guidance must be a finite number, got {args.guidance}")
-    resolution = plan.family.defaults(plan.skeleton).resolution if args.resolution is None else args.resolution
+    check_resolution(args.resolution, plan, image_sizes)
+
+
+def check_minimums(*options: tuple[str, int | None, int]) -> None:
+    """Each (option, value, lowest allowed) with a value given is at least that low."""
+    for option, value, low in options:
+        if value is not None and value < low:
+            raise DiTFInputError(f"{option} must be at least {low}, got {value}")
+
+
+def check_resolution(resolution: int | None, plan: ModelPlan, image_sizes: Sequence[tuple[int, int]]) -> int:
+    """--resolution (None: the family default) in range, and every image's latent (width, height) through this
+    model (patch multiples, position-embedding limits); returns the resolution."""
+    resolution = plan.family.defaults(plan.skeleton).resolution if resolution is None else resolution
     low, high = RESOLUTION_RANGE
     if not low <= resolution <= high:
         raise DiTFInputError(f"--resolution must be between {low} and {high} pixels (the long side fed to the "
@@ -146,6 +155,7 @@ def check_sampling_options(args, plan: ModelPlan, image_sizes: Sequence[tuple[in
             plan.family.check_resolution(plan.skeleton, size, resolution, name="--resolution")
         except ValueError as error:
             raise DiTFInputError(str(error)) from None
+    return resolution
 
 
 def check_layer_list(layers: Sequence[int], plan: ModelPlan, option: str) -> list[int]:
@@ -210,6 +220,9 @@ def _check_prompt(args, plan: ModelPlan) -> None:
         reason = "--no-text-encoders turns them off (zero conditioning)"
     elif plan.files is None:
         reason = "the demo DiT has none (zero conditioning)"
+    elif plan.family.name not in PROMPT_FAMILIES:
+        reason = (f"DiTF encodes prompts only for {' and '.join(PROMPT_FAMILIES)} models; this {plan.family.label} "
+                  "runs on zero conditioning")
     else:
         reason = f"{args.model} has none (only a pipeline folder with text_encoder*/ folders has them)"
     raise DiTFInputError(f"--prompt needs the model's text encoders, but {reason}; give --model a diffusers pipeline "

@@ -42,7 +42,7 @@ class CachedPromptEncoder:
         self.encode_calls += 1
         with torch.no_grad():
             text_embeds, pooled = self.encode(prompt)
-        self._cache[prompt] = (text_embeds.detach(), pooled.detach())
+        self._cache[prompt] = (_detached(text_embeds), pooled.detach())
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return self._cache[prompt]
@@ -63,16 +63,15 @@ class ZeroPromptEncoder(CachedPromptEncoder):
     def __init__(self, transformer: nn.Module, tokens: int | None = None) -> None:
         super().__init__()
         family = family_for(transformer)
-        config = transformer.config
         self.tokens = tokens or family.zero_text_tokens
-        self.width = config.joint_attention_dim
-        self.pooled_width = config.pooled_projection_dim
+        # Zeros of the family's shapes (a dict of streams for HiDream; [1, 1] pooled where the family takes none).
+        self.text_embeds, self.pooled = family.zero_conditioning(transformer, self.tokens)
 
     def __call__(self, prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         return super().__call__("")  # the prompt cannot change zero conditioning
 
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.zeros(1, self.tokens, self.width), torch.zeros(1, self.pooled_width)
+        return self.text_embeds, self.pooled
 
     @property
     def description(self) -> str:
@@ -152,3 +151,9 @@ class DiffusersPromptEncoder(CachedPromptEncoder):
     @property
     def description(self) -> str:
         return f"{type(self.pipeline).__name__} text encoders"
+
+
+def _detached(text_embeds):
+    if isinstance(text_embeds, dict):
+        return {name: value.detach() for name, value in text_embeds.items()}
+    return text_embeds.detach()

@@ -3,9 +3,14 @@
 Accepted:
 * a diffusers pipeline folder (``model_index.json`` with ``transformer/`` and ``vae/``; text encoders are used
   when present and ``text_encoders=True``, otherwise extraction uses zero conditioning);
-* a diffusers transformer folder (``config.json`` of a Flux / SD3 transformer) plus ``vae=``;
-* a single ``.safetensors`` transformer file (BFL / Stability / diffusers key layout) plus ``vae=``; its diffusers
-  config comes from ``config=`` or, for the known releases, from the presets in ``ditf_core/configs``.
+* a diffusers transformer folder (``config.json`` of a supported transformer class) plus ``vae=``;
+* a single ``.safetensors`` transformer file (original / ComfyUI / diffusers key layout) plus ``vae=``, through
+  diffusers' ``from_single_file`` (every supported family but PixArt, which diffusers cannot load that way); its
+  diffusers config comes from ``config=`` or, for the known releases, from the presets in ``ditf_core/configs``
+  (:mod:`ditf_core.releases` recognises the release).
+
+Text encoders of pipeline folders are used for Flux.1 and SD3 / SD3.5; the other families run on zero conditioning,
+precomputed embeddings (``--text-embeds``) or, in ComfyUI, a CONDITIONING input.
 
 Three steps, so that a command line can check everything before the slow part: :func:`find_model_files` resolves
 what the user named into the files of each part, :func:`probe_model` checks them without reading a weight (the
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,10 +30,17 @@ from torch import nn
 
 from .errors import DiTFInputError, UnsupportedModelError
 from .families import DiTFamily, family_for, supported_families
+from .latents import check_vae_fits
+from .releases import CONFIGS, read_header, transformer_preset, vae_preset
 from .wording import first_line
 
-CONFIGS = Path(__file__).parent / "configs"
-TRANSFORMER_CLASSES = ("FluxTransformer2DModel", "SD3Transformer2DModel")
+TRANSFORMER_CLASSES = (
+    "FluxTransformer2DModel", "SD3Transformer2DModel", "Flux2Transformer2DModel", "ChromaTransformer2DModel",
+    "QwenImageTransformer2DModel", "Lumina2Transformer2DModel", "ZImageTransformer2DModel",
+    "HiDreamImageTransformer2DModel", "PixArtTransformer2DModel", "AuraFlowTransformer2DModel", "WanTransformer3DModel",
+)
+VAE_CLASSES = ("AutoencoderKL", "AutoencoderKLWan", "AutoencoderKLQwenImage", "AutoencoderKLFlux2")
+PROMPT_FAMILIES = ("flux", "sd3")  # families whose pipeline folders' text encoders DiTF runs
 TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 NOT_LOCAL = "nothing is downloaded: give a local path"
 
@@ -96,24 +108,33 @@ def find_model_files(path, *, vae=None, config=None, text_encoders: bool = True)
 
 
 def probe_model(files: ModelFiles) -> ModelProbe:
-    """Check every file of ``files`` without reading a weight, and build the transformer's skeleton."""
+    """Check every file of ``files`` without reading a weight: the transformer and its VAE are built on the meta
+    device from their configs (structure only) and checked to fit together. The returned files drop the text
+    encoders of a family whose prompts DiTF does not encode (it runs on zero conditioning)."""
     class_name = _class_name(files.config)
     cls = _transformer_class(class_name, files.config)
+    _check_loadable(cls, files.transformer)
     for weights in _weight_files(files.transformer, "transformer"):
-        _read_header(weights, "transformer")
-    vae_config = _vae_config(files.vae, class_name)
-    if vae_config.get("latent_channels") != 16:
-        raise DiTFInputError(f"the VAE at {files.vae} has {vae_config.get('latent_channels')} latent channels; "
-                             "Flux and SD3 use 16-channel VAEs: give this model's own VAE")
+        read_header(weights, "transformer")
+    with torch.device("meta"):
+        skeleton = cls.from_config(cls.load_config(str(files.config)))
+    family = family_for(skeleton)
+    vae_class, vae_config = _vae_source(files.vae, family)
+    with torch.device("meta"):
+        vae_skeleton = vae_class.from_config(vae_class.load_config(str(vae_config)))
+    try:
+        check_vae_fits(vae_skeleton, family, skeleton)
+    except ValueError as error:
+        raise DiTFInputError(f"the VAE at {files.vae}: {error}") from None
     for weights in _weight_files(files.vae, "VAE"):
-        _read_header(weights, "VAE")
+        read_header(weights, "VAE")
+    if files.text_folder is not None and family.name not in PROMPT_FAMILIES:
+        files = replace(files, text_folder=None)
     if files.text_folder is not None:
         for name in TEXT_ENCODER_FOLDERS:
             for weights in sorted((files.text_folder / name).glob("*.safetensors")):
-                _read_header(weights, "text encoder")
-    with torch.device("meta"):
-        skeleton = cls.from_config(cls.load_config(str(files.config)))
-    return ModelProbe(files, skeleton, family_for(skeleton))
+                read_header(weights, "text encoder")
+    return ModelProbe(files, skeleton, family)
 
 
 def load_model(files: ModelFiles, *, device: torch.device, dtype: torch.dtype) -> LoadedModel:
@@ -130,37 +151,44 @@ def load_model(files: ModelFiles, *, device: torch.device, dtype: torch.dtype) -
 
 
 def load_transformer(path, *, config=None, dtype=torch.float32):
-    """A diffusers Flux / SD3 transformer from a folder (``config.json``) or a single .safetensors file."""
+    """A diffusers transformer of a supported family from a folder (``config.json``) or a single .safetensors
+    file."""
     path = _existing(path, "transformer")
     if path.is_dir():
-        class_name = _class_name(path)
-        return _transformer_class(class_name, path).from_pretrained(str(path), **_local(dtype))
+        model_class = _transformer_class(_class_name(path), path)
+        _check_loadable(model_class, path)
+        return model_class.from_pretrained(str(path), **_local(dtype))
     _check_safetensors(path)
     config_dir = _existing(config, "config") if config is not None else CONFIGS / transformer_preset(path)
-    class_name = _class_name(config_dir)
-    return _transformer_class(class_name, config_dir).from_single_file(
-        str(path), config=str(config_dir), **_local(dtype, safetensors=False)
-    )
+    model_class = _transformer_class(_class_name(config_dir), config_dir)
+    _check_loadable(model_class, path)
+    source = str(path)
+    if model_class.__name__ == "QwenImageTransformer2DModel":
+        # diffusers maps Qwen-Image files as they are, so ComfyUI's "model.diffusion_model." prefix would leave every
+        # weight unused (and the model random): strip it first.
+        from safetensors.torch import load_file
+
+        source = {key.removeprefix("model.diffusion_model."): value for key, value in load_file(source).items()}
+    return model_class.from_single_file(source, config=str(config_dir), **_local(dtype, safetensors=False))
 
 
 def load_vae(path, *, transformer=None):
-    """A diffusers ``AutoencoderKL`` (float32) from a folder, a pipeline folder's ``vae/`` or a .safetensors file."""
-    from diffusers import AutoencoderKL
-
+    """The model's diffusers VAE (float32) from a folder, a pipeline folder's ``vae/`` or a .safetensors file (its
+    config: the preset of ``transformer``'s family; without a transformer, Flux.1's)."""
     path = _vae_files(path)
+    vae_class, config = _vae_source(path, family_for(transformer) if transformer is not None else None)
     if path.is_dir():
-        return AutoencoderKL.from_pretrained(str(path), **_local())
-    preset = _vae_preset(type(transformer).__name__)
-    return AutoencoderKL.from_single_file(str(path), config=str(CONFIGS / preset), **_local(safetensors=False))
+        return vae_class.from_pretrained(str(path), **_local())
+    return vae_class.from_single_file(str(path), config=str(config), **_local(safetensors=False))
 
 
 def load_prompt_encoder(folder: Path, transformer, *, dtype, device):
     """The pipeline's text encoders as a cached prompt encoder, or None when the folder has none."""
     from .conditioning import DiffusersPromptEncoder
 
-    if not any((folder / name).is_dir() for name in TEXT_ENCODER_FOLDERS):
-        return None
     family = family_for(transformer)
+    if family.name not in PROMPT_FAMILIES or not any((folder / name).is_dir() for name in TEXT_ENCODER_FOLDERS):
+        return None  # other families: zero conditioning, --text-embeds or ComfyUI's CONDITIONING (module docstring)
     index = _read_json(folder / "model_index.json")
     pipeline_class = _pipeline_class(index.get("_class_name", ""), family.name)
     with warnings.catch_warnings():
@@ -168,28 +196,6 @@ def load_prompt_encoder(folder: Path, transformer, *, dtype, device):
         warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
         pipeline = pipeline_class.from_pretrained(str(folder), transformer=None, vae=None, **_local(dtype)).to(device)
     return DiffusersPromptEncoder(pipeline, family.name)
-
-
-def transformer_preset(path: Path) -> str:
-    """The preset config for a known single-file transformer release, judged from its tensor names."""
-    keys = {key.removeprefix("model.diffusion_model.") for key in _read_header(Path(path), "transformer")}
-    if "double_blocks.0.img_attn.qkv.weight" in keys or "single_transformer_blocks.0.norm.linear.weight" in keys:
-        double = _count(keys, "double_blocks.") or _count(keys, "transformer_blocks.")
-        single = _count(keys, "single_blocks.") or _count(keys, "single_transformer_blocks.")
-        if (double, single) != (19, 38):
-            raise DiTFInputError(_unknown_variant(path, f"Flux with {double}+{single} blocks"))
-        guided = "guidance_in.in_layer.weight" in keys or "time_text_embed.guidance_embedder.linear_1.weight" in keys
-        return "flux-dev" if guided else "flux-schnell"
-    if "joint_blocks.0.x_block.attn.qkv.weight" in keys or "transformer_blocks.0.norm1_context.linear.weight" in keys:
-        depth = _count(keys, "joint_blocks.") or _count(keys, "transformer_blocks.")
-        dual = "joint_blocks.0.x_block.attn2.qkv.weight" in keys or "transformer_blocks.0.attn2.to_q.weight" in keys
-        presets = {(24, False): "sd3-medium", (38, False): "sd3.5-large", (24, True): "sd3.5-medium"}
-        if (depth, dual) not in presets:
-            raise DiTFInputError(_unknown_variant(path, f"SD3 with {depth} blocks"))
-        return presets[(depth, dual)]
-    raise UnsupportedModelError(
-        f"{path} does not look like a Flux or SD3/SD3.5 transformer; supported: {supported_families()}"
-    )
 
 
 def _vae_files(path) -> Path:
@@ -205,15 +211,33 @@ def _vae_files(path) -> Path:
     return path
 
 
-def _vae_config(path: Path, transformer_class: str) -> dict:
-    """The VAE's config: its folder's, or for a single file the preset its transformer's family uses."""
-    folder = path if path.is_dir() else CONFIGS / _vae_preset(transformer_class)
-    return _read_json(folder / "config.json")
+def _vae_source(path: Path, family: DiTFamily | None) -> tuple[type, Path]:
+    """(diffusers VAE class, config folder) of the VAE at ``path``: a folder's own config, or for a single file the
+    preset of ``family``'s VAE."""
+    import diffusers
+
+    config = path if path.is_dir() else CONFIGS / vae_preset(family, path)
+    class_name = _read_json(config / "config.json").get("_class_name", "")
+    if class_name not in VAE_CLASSES:
+        raise DiTFInputError(f"{config} is not a diffusers VAE folder (config.json of one of {', '.join(VAE_CLASSES)})")
+    return getattr(diffusers, class_name), config
 
 
-def _vae_preset(transformer_class: str) -> str:
-    # Single-file VAEs carry no config: Flux and SD3 VAEs differ only in their latent normalisation.
-    return "sd3-vae" if transformer_class.startswith("SD3") else "flux-vae"
+def _check_loadable(model_class: type, path: Path) -> None:
+    """Refuse what diffusers cannot load here: a single file of a class without ``from_single_file``, a folder of
+    a class that keeps modules in float32 (diffusers then needs ``accelerate``) when accelerate is missing."""
+    from diffusers.utils import is_accelerate_available
+
+    name = model_class.__name__
+    if path.is_file() and not hasattr(model_class, "from_single_file"):
+        raise UnsupportedModelError(f"{path.name}: diffusers cannot load a single-file {name}; give the diffusers "
+                                    "folder instead")
+    if path.is_dir() and model_class._keep_in_fp32_modules is not None and not is_accelerate_available():
+        raise DiTFInputError(
+            f"{path}: diffusers loads {name} folders only with the `accelerate` package (it keeps some layers in "
+            "float32 while loading); install it (pip install accelerate) or load the single .safetensors file of "
+            "the transformer"
+        )
 
 
 def _weight_files(path: Path, what: str) -> list[Path]:
@@ -225,18 +249,6 @@ def _weight_files(path: Path, what: str) -> list[Path]:
         raise DiTFInputError(f"the {what} folder {path} holds no .safetensors weights (only .safetensors are "
                              "read); convert the weights or give another folder")
     return files
-
-
-def _read_header(path: Path, what: str) -> set[str]:
-    """The tensor names of a .safetensors file, reading only its header; a damaged file is refused."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return set(handle.keys())
-    except Exception as error:  # safetensors raises its own SafetensorError for a damaged or truncated file
-        raise DiTFInputError(f"the {what} file {path} is not a readable .safetensors file ({first_line(error)}); "
-                             "it may be truncated or not a safetensors file: download or convert it again") from None
 
 
 def _loading(what: str, path: Path, load):
@@ -327,12 +339,3 @@ def _pipeline_class(class_name: str, family: str):
 
     default = "FluxPipeline" if family == "flux" else "StableDiffusion3Pipeline"
     return getattr(diffusers, class_name if class_name.startswith(("Flux", "StableDiffusion3")) else default)
-
-
-def _count(keys: set[str], prefix: str) -> int:
-    indices = {key[len(prefix) :].split(".", 1)[0] for key in keys if key.startswith(prefix)}
-    return len({index for index in indices if index.isdigit()})
-
-
-def _unknown_variant(path: Path, found: str) -> str:
-    return f"{path.name} is a {found}, not a known release; pass the diffusers config folder with config=/--config"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from . import latents as latent_spaces
 from .conditioning import ZeroPromptEncoder
 from .errors import DiTFInputError
 from .features import DiTFeatures
@@ -74,8 +75,9 @@ class PipelineCapture:
 class DiTFPipeline:
     """A DiT, its VAE and a prompt encoder, ready to extract features.
 
-    transformer: diffusers FluxTransformer2DModel or SD3Transformer2DModel.
-    vae: diffusers AutoencoderKL of that model (16 latent channels).
+    transformer: a diffusers transformer of a supported family (``ditf_core.supported_families()``).
+    vae: that model's diffusers VAE (``AutoencoderKL``, a video VAE for Wan / Qwen-Image, ``AutoencoderKLFlux2``;
+        see :mod:`ditf_core.latents`).
     prompt_encoder: ``prompt -> (text_embeds [1, L, D], pooled [1, P])``; None uses zero conditioning.
     device / dtype: None picks CUDA with bf16 (fp16 where bf16 is unsupported) when available, else CPU fp32.
     The VAE always runs in float32; LayerNorm and modulation are computed in float32.
@@ -94,7 +96,7 @@ class DiTFPipeline:
         self.family = family_for(transformer)
         self.device, self.dtype = resolve_device_dtype(device, dtype)
         self.transformer = _move(transformer, self.device, self.dtype)
-        self.vae = _move(_check_vae(vae), self.device, torch.float32)
+        self.vae = _move(latent_spaces.check_vae_fits(vae, self.family, transformer), self.device, torch.float32)
         self.prompt_encoder = prompt_encoder or ZeroPromptEncoder(transformer)
         self.defaults = self.family.defaults(transformer)
         self.name = name or type(transformer).__name__
@@ -111,13 +113,13 @@ class DiTFPipeline:
         folder of a single-file transformer that is not a known release; text_encoders: use the folder's text
         encoders for prompts (False: zero conditioning). Every file is checked before any weight is read.
         """
-        files = find_model_files(path, vae=vae, config=config, text_encoders=text_encoders)
-        probe_model(files)
+        files = probe_model(find_model_files(path, vae=vae, config=config, text_encoders=text_encoders)).files
         return cls.from_files(files, device=device, dtype=dtype)
 
     @classmethod
     def from_files(cls, files: ModelFiles, *, device=None, dtype=None) -> DiTFPipeline:
-        """Load model files already found by :func:`~ditf_core.loading.find_model_files` (and checked)."""
+        """Load model files already found by :func:`~ditf_core.loading.find_model_files` and checked by
+        :func:`~ditf_core.loading.probe_model` (use the files it returns)."""
         device, dtype = resolve_device_dtype(device, dtype)
         parts = load_model(files, device=device, dtype=dtype)
         return cls(parts.transformer, parts.vae, parts.prompt_encoder, device=device, dtype=dtype, name=parts.name)
@@ -132,7 +134,7 @@ class DiTFPipeline:
     # --- properties -------------------------------------------------------------------------------------
     @property
     def stride(self) -> int:
-        """Pixels of the resized model input per feature cell (16 for Flux and SD3)."""
+        """Pixels of the resized model input per feature cell (16 for Flux, SD3 and most families)."""
         return self.family.patch * self.family.vae_factor
 
     @property
@@ -257,13 +259,10 @@ class DiTFPipeline:
     ) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> E normalised latent samples [E, B, C, h, w] from ONE encode."""
         resized = resize_for_model(pixels, mapping.model_size) * 2.0 - 1.0
-        with torch.no_grad():
-            self.vae_encode_calls += 1
-            posterior = self.vae.encode(resized.to(self.device, torch.float32)).latent_dist
-        mean, std = posterior.mean.float().cpu(), posterior.std.float().cpu()
+        self.vae_encode_calls += 1
+        mean, std = latent_spaces.encode_posterior(self.vae, resized.to(self.device, torch.float32))
         samples = mean + std * draw_noise((ensemble, *mean.shape), generator)
-        config = self.vae.config
-        return (samples - (config.shift_factor or 0.0)) * config.scaling_factor
+        return latent_spaces.normalize(self.vae, samples)
 
 
 def load_pipeline(path, **options) -> DiTFPipeline:
@@ -381,13 +380,6 @@ def _move(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Modu
     return model.eval()
 
 
-def _check_vae(vae) -> nn.Module:
-    channels = getattr(getattr(vae, "config", None), "latent_channels", None)
-    if not isinstance(vae, nn.Module) or channels is None or not hasattr(vae, "encode"):
-        raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}")
-    if channels != 16:
-        raise ValueError(f"this VAE has {channels} latent channels; Flux and SD3 use 16-channel VAEs")
-    return vae
 
 
 def _positive_int(name: str, value) -> int:

@@ -21,6 +21,7 @@ from torch import nn
 from .capture import Consumer, Interrupt, capture_blocks, check_layers
 from .errors import DiTFInputError
 from .families import DiTFamily, Modulation, family_for
+from .families.base import TextEmbeds, flow_matching_noise
 
 LAYER_NORM_EPS = 1e-6
 # Activations one row (one image of one noise draw) of a forward pass needs, in bytes per image token and hidden
@@ -51,8 +52,8 @@ def extract_from_latents(
     *,
     t: float,
     layer: int,
-    text_embeds: torch.Tensor,
-    pooled: torch.Tensor,
+    text_embeds: TextEmbeds,
+    pooled: torch.Tensor | None,
     noise: torch.Tensor | None = None,
     discard: Sequence[int] = (),
     guidance: float = 3.5,
@@ -63,8 +64,10 @@ def extract_from_latents(
     """DiTF features [B, C, h, w] (float32) of clean, normalised latents.
 
     latents: [B, C_lat, H, W], or [E, B, C_lat, H, W] for one clean sample per ensemble member.
+    text_embeds: [1 or B, L, D], or for families with several text streams (HiDream) a dict of batch-first tensors.
+    pooled: [1 or B, P]; None for families that take no pooled vector.
     noise: None (``latents`` are used as x_t as they are) or [E, B, C_lat, H, W] for an ensemble of E draws,
-        ``x_t = t * noise + (1 - t) * latents``.
+        ``x_t = t * noise + (1 - t) * latents`` (flow matching; epsilon-prediction families noise as DDPM does).
     layer: global block index (Flux: double blocks first, then single blocks).
     discard: channels zeroed on the ensemble-averaged raw state before LayerNorm.
     modulate: False returns the raw averaged block input (after discard) instead of the modulated feature.
@@ -117,8 +120,8 @@ def capture_ensemble(
     *,
     t: float,
     layers: Sequence[int],
-    text_embeds: torch.Tensor,
-    pooled: torch.Tensor,
+    text_embeds: TextEmbeds,
+    pooled: torch.Tensor | None,
     noise: torch.Tensor | None = None,
     guidance: float = 3.5,
     micro_batch: int | None = None,
@@ -138,17 +141,19 @@ def capture_ensemble(
     text_embeds, pooled = _broadcast_conditioning(family, transformer, text_embeds, pooled, clean.shape[1])
     device, dtype = _device_dtype(transformer)
 
+    grid = (clean.shape[-2] // family.patch, clean.shape[-1] // family.patch)
+
     def run(x_t: torch.Tensor, images: torch.Tensor, consume: Consumer) -> None:
         x_t = x_t.to(device=device, dtype=dtype)
-        cond = text_embeds[images].to(device=device, dtype=dtype)
+        cond = rows_of(text_embeds, images, device, dtype)
         vec = pooled[images].to(device=device, dtype=dtype)
         capture_blocks(transformer, family, layers, lambda: family.forward(transformer, x_t, t, cond, vec, guidance),
-                       consume, interrupt)
+                       consume, interrupt, tokens=grid[0] * grid[1])
 
-    averaged = average_over_ensemble(clean, noise, t=t, run=run, micro_batch=micro_batch, progress=progress)
+    averaged = average_over_ensemble(clean, noise, t=t, run=run, micro_batch=micro_batch, progress=progress,
+                                      add_noise=family.add_noise)
     blocks = family.blocks(transformer)
     size = family.hidden_size(transformer)
-    grid = (clean.shape[-2] // family.patch, clean.shape[-1] // family.patch)
     return {
         layer: EnsembleCapture(hidden, family.modulation(blocks[layer], temb, size), grid)
         for layer, (hidden, temb) in averaged.items()
@@ -163,6 +168,7 @@ def average_over_ensemble(
     run: Callable[[torch.Tensor, torch.Tensor, Consumer], None],
     micro_batch: int | None = None,
     progress: ProgressFn | None = None,
+    add_noise: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """The host-agnostic ensemble loop: noise, run in micro-batches, average the captured block inputs.
 
@@ -171,6 +177,7 @@ def average_over_ensemble(
     ``consume(layer, hidden [m, N, C], vector [m, D])`` as each requested block input appears. Inputs are summed
     on arrival, so memory holds one running sum per layer, never a copy per row. ``vector`` is kept per image as
     given (the diffusers host passes the block's conditioning vector; the ComfyUI host its computed modulation).
+    add_noise(clean, noise, t) -> x_t: the family's noising (default flow matching, ``t * noise + (1 - t) * clean``).
     Returns per layer (mean hidden [B, N, C] float32, vector [B, D]).
     """
     ensemble, batch = (noise.shape[0] if noise is not None else clean.shape[0]), clean.shape[1]
@@ -185,7 +192,7 @@ def average_over_ensemble(
         images = torch.tensor([b for _, b in chunk])
         x_t = clean[members if clean.shape[0] > 1 else torch.zeros_like(members), images]
         if noise is not None:
-            x_t = t * noise[members, images] + (1.0 - t) * x_t
+            x_t = (add_noise or flow_matching_noise)(x_t, noise[members, images], t)
 
         def consume(layer: int, hidden: torch.Tensor, vector: torch.Tensor) -> None:
             if layer not in sums:
@@ -278,15 +285,27 @@ def _check_latents(transformer, family, latents, noise):
     return latents, noise
 
 
+def rows_of(text_embeds: TextEmbeds, rows: torch.Tensor, device=None, dtype=None) -> TextEmbeds:
+    """Rows ``rows`` of batch-first text embeddings (a tensor, or a dict of them), moved to device / dtype."""
+    if isinstance(text_embeds, dict):
+        return {name: value[rows].to(device=device, dtype=dtype) for name, value in text_embeds.items()}
+    return text_embeds[rows].to(device=device, dtype=dtype)
+
+
 def _broadcast_conditioning(family, transformer, text_embeds, pooled, batch):
-    for name, value in (("text_embeds", text_embeds), ("pooled", pooled)):
+    if pooled is None and family.pooled_width(transformer) is None:
+        pooled = torch.zeros(1, 1)  # families without a pooled vector ignore it
+    streams = text_embeds.items() if isinstance(text_embeds, dict) else [("text_embeds", text_embeds)]
+    for name, value in (*streams, ("pooled", pooled)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     family.check_conditioning(transformer, text_embeds, pooled)
-    for name, value in (("text_embeds", text_embeds), ("pooled", pooled)):
+    for name, value in (*streams, ("pooled", pooled)):
         if value.shape[0] not in (1, batch):
             raise ValueError(f"{name} has batch {value.shape[0]}; give 1 (shared) or {batch} (one per image)")
-    return text_embeds.expand(batch, *text_embeds.shape[1:]), pooled.expand(batch, *pooled.shape[1:])
+    expanded = {name: value.expand(batch, *value.shape[1:]) for name, value in streams}
+    text = expanded if isinstance(text_embeds, dict) else expanded["text_embeds"]
+    return text, pooled.expand(batch, *pooled.shape[1:])
 
 
 def _check_micro_batch(micro_batch, rows):

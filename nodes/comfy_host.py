@@ -2,14 +2,22 @@
 
 The only module of the pack that touches ModelPatcher and ``comfy.model_management``. Capture (design §3):
 
-* ``clone = model.clone()`` - the user's MODEL is never patched - and one
-  ``clone.set_model_patch_replace(fn, "dit", "double_block" | "single_block", i)`` per requested block;
+* ``clone = model.clone()`` - the user's MODEL is never patched - and per requested block either
+  ``clone.set_model_patch_replace(fn, "dit", "double_block" | "single_block", i)`` (families whose forward has
+  ComfyUI's ``patches_replace["dit"]``), or, for families without it (HiDream, Lumina2, PixArt),
+  ``clone.add_object_patch("diffusion_model.<blocks>.<i>", copy)``: a ModelPatcher object patch that puts a
+  shallow copy of the block in its place while the clone is loaded. The copy shares the block's parameters under
+  the same names (so LoRA and low-VRAM weight patching still reach them) and its ``forward`` calls ``fn`` first.
+  ComfyUI applies object patches when it loads the clone; this module takes its own back off the shared model
+  right after the capture, whatever happened;
 * ``fn`` hands over the image tokens entering the block and the block's own AdaLN modulation, computed by the
   block's own module, then runs the original block - or raises a private ``StopForward`` at the deepest requested
-  block. What differs per family (patch keys, where the image tokens sit, how a block modulates) is described by
-  the family adapters in ``nodes/families``; this module is the mechanism;
-* ``clone.model.apply_model(x_t, sigma, transformer_options=<the clone's>, **conds)`` with ``sigma = t``:
-  ComfyUI's flow models noise as ``sigma * noise + (1 - sigma) * x0``, the recipe's ``x_t``;
+  block. What differs per family (mechanism, patch keys / block paths, where the image tokens sit, how a block
+  modulates, how the model is called) is described by the family adapters in ``nodes/families``; this module is
+  the mechanism;
+* ``clone.model.apply_model(x_t, sigma, transformer_options=<the clone's>, **conds)``: x_t is noised with the
+  model's own ``model_sampling.noise_scaling`` at the adapter's sigma for DiTF time t (flow models: sigma = t,
+  ``sigma * noise + (1 - sigma) * x0``, the recipe's ``x_t``; epsilon models: the DDPM timestep's sigma);
 * the clone is dropped afterwards, whatever happened, so nothing stays patched.
 
 The massive-activation nodes patch a MODEL clone for sampling through the helpers at the end of this module (block
@@ -23,6 +31,7 @@ one clean latent and differ by their noise only (the diffusers host samples E po
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -42,6 +51,7 @@ from ..ditf_core.images import resize_for_model
 from ..ditf_core.pipeline import draw_noise
 from ..ditf_core.recipe import EnsembleCapture, ProgressFn, average_over_ensemble, kept_bytes
 from .families import ComfyFamily, HostShape, comfy_family_for
+from .families.base import zero_text_streams
 from .model import DEFAULT_GUIDANCE, TextConditioning, parse_conditioning
 
 
@@ -157,9 +167,14 @@ class ComfyHost:
     def encode(self, pixels: torch.Tensor, mapping, ensemble: int, generator: torch.Generator) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> clean normalised latents [1, B, C, h, w] (one per image)."""
         check_interrupted()
-        resized = resize_for_model(pixels, mapping.model_size)
-        raw = self.vae.encode(resized.movedim(1, -1))
-        latents = self.model.model.process_latent_in(raw.float()).float().cpu()
+        resized = resize_for_model(pixels, mapping.model_size).movedim(1, -1)
+        if getattr(self.vae, "latent_dim", 2) == 3:
+            # A video VAE (Wan, Qwen-Image) would read the batch as the frames of one clip: encode each image as a
+            # clip of one frame, and keep the one latent frame.
+            raw = torch.cat([self.vae.encode(image[None]) for image in resized])
+            latents = self.model.model.process_latent_in(raw.float())[:, :, 0].float().cpu()
+        else:
+            latents = self.model.model.process_latent_in(self.vae.encode(resized).float()).float().cpu()
         # The diffusers host draws E posterior samples here; draw (and ignore: ComfyUI gives the posterior mode)
         # the same numbers so that both hosts noise with the same draws for a seed.
         draw_noise((ensemble, *latents.shape), generator)
@@ -167,11 +182,18 @@ class ComfyHost:
 
     def encode_prompt(self, prompt: str) -> TextConditioning:
         conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompt))
-        return parse_conditioning(conditioning, self.context_dim, self.pooled_dim, self.family.label, source="prompt")
+        return parse_conditioning(conditioning, self.context_dim, self.pooled_dim, self.family.label, source="prompt",
+                                  streams=self.text_streams)
+
+    @property
+    def text_streams(self) -> tuple[str, ...]:
+        return tuple(self.shape.text_streams)
 
     def zero_conditioning(self) -> TextConditioning:
-        context = torch.zeros(1, self.family.zero_text_tokens, self.context_dim)
-        return TextConditioning(context, torch.zeros(1, self.pooled_dim or 1), DEFAULT_GUIDANCE, "zero")
+        tokens = self.family.zero_text_tokens
+        context = torch.zeros(1, tokens, self.context_dim)
+        streams = zero_text_streams(self.shape.text_streams, tokens)
+        return TextConditioning(context, torch.zeros(1, self.pooled_dim or 1), DEFAULT_GUIDANCE, "zero", streams)
 
     @property
     def device(self) -> torch.device:
@@ -188,83 +210,135 @@ class ComfyHost:
         grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
         context = conditioning.context.expand(batch, *conditioning.context.shape[1:])
         pooled = conditioning.pooled.expand(batch, *conditioning.pooled.shape[1:])
+        streams = {key: value.expand(batch, *value.shape[1:]) for key, value in conditioning.streams.items()}
         reached: set[int] = set()
         consumer: list[Consumer] = []  # the running pass's consumer, read by the patches
         clone = self.model.clone()
-        blocks = self.family.blocks(self.structure)
-        patches = clone.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-        for layer in range(layers[-1] + 1):  # Cancel is checked at every block up to the deepest requested one
-            key = self.adapter.patch_key(self.structure, layer)
-            if layer not in layers:
-                clone.set_model_patch_replace(_interrupt_patch(patches.get(key)), "dit", *key)
-                continue
-            tokens = self.adapter.image_slice(self.structure, layer, context.shape[1], grid[0] * grid[1])
-            patch_fn = _capture_patch(consumer, reached, self.adapter, layer, blocks[layer], tokens,
-                                      stop=layer == layers[-1])
-            clone.set_model_patch_replace(patch_fn, "dit", *key)
+        object_paths = self._patch_blocks(clone, layers, consumer, reached, context.shape[1], grid[0] * grid[1])
         base = clone.model
-        shape = [micro_batch, *latents.shape[2:]]
+        shape = list(self.adapter.model_input(latents[0, :micro_batch]).shape)
         # room for one pass's activations and for the running sums the capture keeps on the device
         required = base.memory_required(shape) + kept_bytes(batch, grid[0] * grid[1], self.hidden_size, len(layers))
-        comfy.model_management.load_models_gpu([clone], memory_required=required, minimum_memory_required=required)
-        device = clone.load_device  # where load_models_gpu put the weights (as samplers do)
-        options = clone.model_options["transformer_options"]
-
-        def run(x_t: torch.Tensor, images: torch.Tensor, consume: Consumer) -> None:
-            check_interrupted()
-            reached.clear()
-            consumer[:] = [consume]
-            x_t = x_t.to(device)
-            sigma = torch.full((x_t.shape[0],), t, device=device)
-            conds = base.extra_conds(noise=x_t, device=device, cross_attn=context[images].to(device),
-                                     pooled_output=pooled[images].to(device), guidance=conditioning.guidance)
-            kwargs = {name: cond.process_cond(batch_size=x_t.shape[0], area=None).cond for name, cond in conds.items()}
-            try:
-                base.apply_model(x_t, sigma, transformer_options={**options, "sigmas": sigma}, **kwargs)
-            except StopForward:
-                pass
-            check_reached(layers, reached)
-
+        sigma_value = self.adapter.sigma(base.model_sampling, t)
         try:
-            averaged = average_over_ensemble(latents, noise, t=t, run=run, micro_batch=micro_batch, progress=progress)
+            comfy.model_management.load_models_gpu([clone], memory_required=required, minimum_memory_required=required)
+            device = clone.load_device  # where load_models_gpu put the weights (as samplers do)
+            options = clone.model_options["transformer_options"]
+
+            def add_noise(clean: torch.Tensor, draws: torch.Tensor, _t: float) -> torch.Tensor:
+                sigma = torch.full((clean.shape[0],), sigma_value)
+                return base.model_sampling.noise_scaling(sigma, draws, clean)  # the model's own noising
+
+            def run(x_t: torch.Tensor, images: torch.Tensor, consume: Consumer) -> None:
+                check_interrupted()
+                reached.clear()
+                consumer[:] = [consume]
+                x = self.adapter.model_input(x_t.to(device))
+                sigma = torch.full((x.shape[0],), sigma_value, device=device)
+                text = {"cross_attn": context[images].to(device), "pooled_output": pooled[images].to(device),
+                        "guidance": conditioning.guidance, **{k: v[images].to(device) for k, v in streams.items()}}
+                conds = base.extra_conds(noise=x, device=device, **self.adapter.cond_kwargs(text, x))
+                kwargs = {name: c.process_cond(batch_size=x.shape[0], area=None).cond for name, c in conds.items()}
+                try:
+                    base.apply_model(x, sigma, transformer_options={**options, "sigmas": sigma}, **kwargs)
+                except StopForward:
+                    pass
+                check_reached(layers, reached)
+
+            averaged = average_over_ensemble(latents, noise, t=t, run=run, micro_batch=micro_batch, progress=progress,
+                                              add_noise=add_noise)
         finally:
             consumer.clear()  # the clone (and its patches) is dropped with this frame
+            _restore_objects(clone, object_paths)
         size = self.hidden_size
         return {
             layer: EnsembleCapture(hidden.cpu(), _modulation(mod.cpu(), size), (grid[0], grid[1]))
             for layer, (hidden, mod) in averaged.items()
         }
 
+    def _patch_blocks(self, clone, layers: list[int], consumer: list, reached: set, text_tokens: int,
+                      image_tokens: int) -> list[str]:
+        """Patch every block up to the deepest requested one on ``clone`` with the adapter's mechanism: each checks
+        Cancel first (one pass at 2048 px takes minutes on a CPU); the requested ones report their input and the
+        deepest stops the pass. Returns the object-patch paths."""
+        blocks = self.family.blocks(self.structure)
+        replaced = clone.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+        paths = []
+        for layer in range(layers[-1] + 1):
+            report = None
+            if layer in layers:
+                tokens = self.adapter.image_slice(self.structure, layer, text_tokens, image_tokens)
+                report = _block_reporter(consumer, reached, self.adapter, layer, blocks[layer], tokens)
+            stop = layer == layers[-1]
+            if self.adapter.mechanism == "object_patch":
+                path = self.adapter.block_path(self.structure, layer)
+                clone.add_object_patch(path, _reporting_copy(blocks[layer], self.adapter, report, stop))
+                paths.append(path)
+            else:
+                key = self.adapter.patch_key(self.structure, layer)
+                # A block that only checks Cancel runs as it would have, through another node's patch if there is
+                # one; a captured block runs the original (another node's patch on it is bypassed: README limits).
+                chained = None if report is not None else replaced.get(key)
+                clone.set_model_patch_replace(_replace_patch(report, stop, chained), "dit", *key)
+        return paths
 
 
-def _capture_patch(consumer: list, reached: set, adapter: ComfyFamily, layer: int, block, tokens: slice, *,
-                   stop: bool):
-    """The replace patch for one block. It holds the block module and the consumer list, never the clone (a
-    reference cycle would keep the clone alive in ComfyUI's loaded-model list)."""
+def _block_reporter(consumer: list, reached: set, adapter: ComfyFamily, layer: int, block, tokens: slice):
+    """``report(args)``: hand block ``layer``'s image tokens and modulation to the running pass's consumer. It holds
+    the block module and the consumer list, never the clone (a reference cycle would keep the clone alive in
+    ComfyUI's loaded-model list)."""
 
-    def patch(args: dict, extra: dict) -> dict:
-        check_interrupted()
+    def report(args: dict) -> None:
         # Consumed at once (Flux blocks add into their inputs in place later). The vector handed over is the
         # block's (shift | scale | gate) [m, 3C]: ComfyUI blocks compute modulation with their own modules
         # (fp8, LoRA, offload), so it is taken from them rather than recomputed.
         consumer[0](layer, args[adapter.stream_key][:, tokens], adapter.modulation(block, layer, args))
         reached.add(layer)
-        if stop:
-            raise StopForward
-        return extra["original_block"](args)
 
-    return patch
+    return report
 
 
-def _interrupt_patch(replaced):
-    """The patch of a block before the deepest requested one that captures nothing: Cancel is honoured there (one
-    pass at 2048 px takes minutes on a CPU), then the block runs as it would have (through a patch already there)."""
+def _replace_patch(report, stop: bool, chained=None):
+    """A ``patches_replace["dit"]`` patch: honour Cancel, report (when ``report`` is given), then stop or run the
+    block (through ``chained``, a patch that was there before ours, when given)."""
 
     def patch(args: dict, extra: dict) -> dict:
         check_interrupted()
-        return extra["original_block"](args) if replaced is None else replaced(args, extra)
+        if report is not None:
+            report(args)
+        if stop:
+            raise StopForward
+        return extra["original_block"](args) if chained is None else chained(args, extra)
 
     return patch
+
+
+def _reporting_copy(block, adapter: ComfyFamily, report, stop: bool):
+    """The object patch for one block: a shallow copy of ``block`` (the same parameter, buffer and child-module
+    dicts, so weights keep their names) whose ``forward`` honours Cancel, reports the call (when ``report`` is given),
+    then stops or runs the block."""
+    original = block.forward
+    stand_in = copy.copy(block)
+
+    def forward(*args, **kwargs):
+        check_interrupted()
+        if report is not None:
+            report(adapter.call_args(args, kwargs))
+        if stop:
+            raise StopForward
+        return original(*args, **kwargs)
+
+    stand_in.forward = forward
+    return stand_in
+
+
+def _restore_objects(clone, paths: list[str]) -> None:
+    """Put the original blocks back on the shared model (ModelPatcher keeps them in ``object_patches_backup``
+    while an object patch is applied), so nothing of ours stays on it once the capture is over."""
+    for path in paths:
+        original = clone.object_patches_backup.pop(path, None)
+        if original is not None:
+            comfy.utils.set_attr(clone.model, path, original)
 
 
 def _sampled_bytes(parameter: torch.Tensor) -> bytes:

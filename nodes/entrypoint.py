@@ -13,12 +13,13 @@ from .nodes_load import LoadDiffusersDiT, LoadDiT
 from .nodes_ma_mask import MassiveActivationMask
 from .nodes_ma_patch import DetailGuidance, MassiveActivationDisruption, MassiveActivationTransport
 from .nodes_match import CorrespondenceMatch
+from .nodes_tune import FindLayer
 from .nodes_video import PropagateMask, TrackPoints
 from .nodes_warp import WarpAppearanceTransfer
 
 NODES: list[type[io.ComfyNode]] = [
     LoadDiT, LoadDiffusersDiT, ExtractFeatures, CorrespondenceMatch, WarpAppearanceTransfer, MassiveActivationInspector,
-    PropagateMask, TrackPoints, FuseDINOv2, CoSegment,
+    PropagateMask, TrackPoints, FuseDINOv2, CoSegment, FindLayer,
     MassiveActivationTransport, MassiveActivationDisruption, DetailGuidance, MassiveActivationMask,
 ]
 

@@ -16,7 +16,7 @@ This module never imports ComfyUI (it is tested without it).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -46,13 +46,16 @@ DEFAULT_GUIDANCE = 3.5  # Flux-dev's distilled guidance when the conditioning ca
 class TextConditioning:
     """Text conditioning in host-neutral form: context [1 or B, L, D], pooled [1 or B, P], Flux guidance.
 
-    source: "zero" (no text encoder), "prompt" (encoded here) or "CONDITIONING input".
+    source: "zero" (no text encoder), "prompt" (encoded here) or "CONDITIONING input". streams: further text
+    streams of families that have them, batch-first, under ComfyUI's CONDITIONING keys (HiDream:
+    ``conditioning_llama3`` [B, layers, L, D]).
     """
 
     context: torch.Tensor
     pooled: torch.Tensor
     guidance: float
     source: str
+    streams: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,8 @@ class DiTFModel:
         if conditioning is not None:
             if prompt.strip():
                 raise ValueError("give either a CONDITIONING input or prompt text, not both; clear the prompt widget")
-            cond = parse_conditioning(conditioning, host.context_dim, host.pooled_dim, self.family.label)
+            cond = parse_conditioning(conditioning, host.context_dim, host.pooled_dim, self.family.label,
+                                      streams=host.text_streams)
         elif host.can_encode_prompts:
             cond = host.encode_prompt(prompt)
         elif prompt.strip():
@@ -192,7 +196,7 @@ class DiTFModel:
             )
         else:
             cond = host.zero_conditioning()
-        for name, value in (("text embeddings", cond.context), ("pooled_output", cond.pooled)):
+        for name, value in (("text embeddings", cond.context), ("pooled_output", cond.pooled), *cond.streams.items()):
             if value.shape[0] not in (1, batch):
                 raise ValueError(
                     f"the CONDITIONING {name} have batch {value.shape[0]} but the IMAGE batch holds {batch} images; "
@@ -202,9 +206,10 @@ class DiTFModel:
 
 
 def parse_conditioning(conditioning, context_dim: int, pooled_dim: int | None, label: str,
-                       source: str = "CONDITIONING input") -> TextConditioning:
+                       source: str = "CONDITIONING input", streams: tuple[str, ...] = ()) -> TextConditioning:
     """ComfyUI CONDITIONING ``[[context [B, L, D], {"pooled_output": [B, P], "guidance": g, ...}]]`` checked
-    against the model's widths."""
+    against the model's widths; ``streams``: further text streams the family needs from the dict (HiDream:
+    ``conditioning_llama3``)."""
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
         raise TypeError("conditioning must be ComfyUI CONDITIONING (from a text encode node), got "
                         f"{type(conditioning).__name__}")
@@ -239,7 +244,16 @@ def parse_conditioning(conditioning, context_dim: int, pooled_dim: int | None, l
         )
     guidance = extra.get("guidance")
     guidance = DEFAULT_GUIDANCE if guidance is None else check_float("CONDITIONING guidance", guidance, 0.0, 1000.0)
-    return TextConditioning(context, pooled, guidance, source)
+    found = {}
+    for key in streams:
+        value = extra.get(key)
+        if not isinstance(value, torch.Tensor) or value.shape[0] != context.shape[0]:
+            raise ValueError(
+                f"this {label} needs '{key}' in its CONDITIONING (batch {context.shape[0]}); encode the prompt with "
+                "the model's own text encoders (HiDream: QuadrupleCLIPLoader)"
+            )
+        found[key] = value
+    return TextConditioning(context, pooled, guidance, source, found)
 
 
 def preview_image(features: DiTFeatures) -> torch.Tensor:
@@ -281,11 +295,17 @@ class DiffusersHost:
 
     @property
     def context_dim(self) -> int:
-        return int(self.pipeline.transformer.config.joint_attention_dim)
+        return self.family.text_width(self.pipeline.transformer)
 
     @property
-    def pooled_dim(self) -> int:
-        return int(self.pipeline.transformer.config.pooled_projection_dim)
+    def pooled_dim(self) -> int | None:
+        return self.family.pooled_width(self.pipeline.transformer)
+
+    @property
+    def text_streams(self) -> tuple[str, ...]:
+        """Further text streams the family takes besides ``context`` (the keys of its text_embeds dict)."""
+        zeros, _ = self.family.zero_conditioning(self.pipeline.transformer, 1)
+        return tuple(key for key in zeros if key != "context") if isinstance(zeros, dict) else ()
 
     @property
     def can_encode_prompts(self) -> bool:
@@ -302,12 +322,10 @@ class DiffusersHost:
         return self.pipeline.encode(pixels, mapping, ensemble, generator)
 
     def encode_prompt(self, prompt: str) -> TextConditioning:
-        context, pooled = self.pipeline.prompt_encoder(prompt)
-        return TextConditioning(context, pooled, DEFAULT_GUIDANCE, "prompt")
+        return _conditioning(*self.pipeline.prompt_encoder(prompt), "prompt")
 
     def zero_conditioning(self) -> TextConditioning:
-        context, pooled = self.pipeline.prompt_encoder("")
-        return TextConditioning(context, pooled, DEFAULT_GUIDANCE, "zero")
+        return _conditioning(*self.pipeline.prompt_encoder(""), "zero")
 
     @property
     def device(self) -> torch.device:
@@ -321,7 +339,8 @@ class DiffusersHost:
             latents,
             t=t,
             layers=layers,
-            text_embeds=conditioning.context,
+            text_embeds={"context": conditioning.context, **conditioning.streams} if conditioning.streams
+            else conditioning.context,
             pooled=conditioning.pooled,
             noise=noise,
             guidance=conditioning.guidance,
@@ -330,3 +349,13 @@ class DiffusersHost:
             family=self.family,
             interrupt=self.interrupt,
         )
+
+
+def _conditioning(text_embeds, pooled: torch.Tensor, source: str) -> TextConditioning:
+    """A prompt encoder's (text_embeds, pooled) as TextConditioning: a dict of streams is split into the main
+    ``context`` and the rest."""
+    if isinstance(text_embeds, dict):
+        streams = {key: value for key, value in text_embeds.items() if key != "context"}
+        return TextConditioning(text_embeds["context"], pooled, DEFAULT_GUIDANCE, source, streams)
+    return TextConditioning(text_embeds, pooled, DEFAULT_GUIDANCE, source)
+

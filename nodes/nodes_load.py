@@ -31,13 +31,16 @@ class LoadDiT(io.ComfyNode):
             node_id="DiTFLoadDiT",
             display_name="Load DiT (DiTF)",
             category=CATEGORY,
-            description="Turn the Flux or SD3/SD3.5 MODEL you already loaded, with its VAE (and optionally its CLIP), "
-            "into a DiTF feature extractor without loading anything twice.",
+            description="Turn the DiT MODEL you already loaded (Flux, SD3/SD3.5, Chroma, Qwen-Image, Wan, AuraFlow, "
+            "HiDream, Lumina2, PixArt), with its VAE (and optionally its CLIP), into a DiTF feature extractor without "
+            "loading anything twice.",
             inputs=[
-                io.Model.Input("model", tooltip="A Flux (dev/schnell) or SD3/SD3.5 MODEL from a checkpoint or "
-                               "diffusion model loader. It is never modified: DiTF works on a clone."),
-                io.Vae.Input("vae", tooltip="The model's own VAE (16 latent channels): Flux ae.safetensors, or the "
-                             "SD3/SD3.5 checkpoint's VAE."),
+                io.Model.Input("model", tooltip="A DiT MODEL (Flux, SD3/SD3.5, Chroma, Qwen-Image, Wan, AuraFlow, "
+                               "HiDream, Lumina2, PixArt) from a checkpoint or diffusion model loader. It is never "
+                               "modified: DiTF works on a clone."),
+                io.Vae.Input("vae", tooltip="The model's own VAE: Flux ae.safetensors (also Chroma, HiDream, Lumina2), "
+                             "the SD3/SD3.5 checkpoint's, the Wan 2.1 VAE (Wan, Qwen-Image), the SDXL VAE (AuraFlow, "
+                             "PixArt-Sigma)."),
                 io.Clip.Input("clip", optional=True, tooltip="Optional: the model's text encoders, to condition on the "
                               "prompt typed in Extract DiTF Features. Without it, extraction uses zero conditioning "
                               "unless you connect a CONDITIONING."),
@@ -63,14 +66,14 @@ class LoadDiffusersDiT(io.ComfyNode):
             node_id="DiTFLoadDiffusersDiT",
             display_name="Load DiT from diffusers folder (DiTF)",
             category=CATEGORY,
-            description="Load a Flux or SD3/SD3.5 diffusers folder from models/diffusers as a DiTF feature extractor, "
-            "for when you have no ComfyUI checkpoint of it.",
+            description="Load a DiT diffusers folder (any family of ditf_core.supported_families()) from "
+            "models/diffusers as a DiTF feature extractor, for when you have no ComfyUI checkpoint of it.",
             inputs=[
                 io.Combo.Input("folder", options=diffusers_folders(), tooltip="A diffusers pipeline folder (with "
                                "model_index.json, transformer/ and vae/) under ComfyUI's models/diffusers."),
                 io.Boolean.Input("text_encoders", default=True, tooltip="Also load the folder's text encoders so "
-                                 "prompts can be used (T5-XXL needs ~9.5 GB); off: zero conditioning or a "
-                                 "CONDITIONING input."),
+                                 "prompts can be used (Flux.1 and SD3/SD3.5 folders; T5-XXL needs ~9.5 GB); off, or "
+                                 "other families: zero conditioning or a CONDITIONING input."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="auto", tooltip="auto: bfloat16 on "
                                "a GPU, float32 on the CPU."),
             ],
@@ -120,7 +123,7 @@ def resolve_diffusers_folder(name: str) -> str:
     found by :func:`diffusers_folders` resolve, never a free-form path."""
     if not isinstance(name, str) or name not in diffusers_folders():
         raise ValueError(
-            f"folder {name!r} is not a diffusers folder under models/diffusers; put a Flux or SD3/SD3.5 diffusers "
+            f"folder {name!r} is not a diffusers folder under models/diffusers; put a DiT diffusers "
             "folder (with model_index.json) there and press Refresh"
         )
     for root in folder_paths.get_folder_paths("diffusers"):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ditf_core import DiTFPipeline
 from ditf_core.cli import main
+from ditf_core.samples import sample_scene
 
 
 def forbid_model_loading(monkeypatch) -> None:
@@ -25,3 +28,17 @@ def refused(argv, capsys, *expected: str) -> str:
     for text in expected:
         assert text in lines[0], lines[0]
     return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def no_model_load(monkeypatch):
+    """Loading a model fails the test (autouse where imported): every mistake must be caught before."""
+    forbid_model_loading(monkeypatch)
+
+
+@pytest.fixture
+def image(tmp_path):
+    """A 96x64 sample scene as a PNG file."""
+    path = tmp_path / "scene.png"
+    sample_scene(size=(96, 64)).save(path)
+    return path

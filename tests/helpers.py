@@ -22,3 +22,30 @@ def latents_and_noise(batch: int = 2, ensemble: int = 3, size: tuple[int, int] =
     latents = torch.randn(batch, 16, *size, generator=generator)
     noise = torch.randn(ensemble, batch, 16, *size, generator=generator)
     return latents, noise
+
+
+def family_conditioning(model, batch: int = 1, seed: int = 5):
+    """Random (text_embeds, pooled) of any family's shapes: a dict of streams for HiDream, pooled None where the
+    family takes none."""
+    from ditf_core.families import family_for
+
+    family = family_for(model)
+    generator = torch.Generator().manual_seed(seed)
+    zeros, pooled = family.zero_conditioning(model, TEXT_TOKENS)
+    if isinstance(zeros, dict):
+        text = {name: torch.randn(batch, *value.shape[1:], generator=generator) for name, value in zeros.items()}
+    else:
+        text = torch.randn(batch, *zeros.shape[1:], generator=generator)
+    width = family.pooled_width(model)
+    return text, None if width is None else torch.randn(batch, width, generator=generator)
+
+
+def family_latents(model, batch: int = 2, ensemble: int = 2, size: tuple[int, int] = (16, 24), seed: int = 9):
+    """Random clean latents [B, C, H, W] and noise [E, B, C, H, W] with the family's latent channels."""
+    from ditf_core.families import family_for
+
+    channels = family_for(model).latent_channels(model)
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, channels, *size, generator=generator),
+            torch.randn(ensemble, batch, channels, *size, generator=generator))
+

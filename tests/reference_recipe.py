@@ -1,4 +1,5 @@
-"""An independent, by-hand implementation of the DiTF recipe for diffusers Flux and SD3 models.
+"""An independent, by-hand implementation of the DiTF recipe for diffusers DiT models (Flux and SD3 here, the other
+families in ``reference_families``).
 
 It drives the model's own submodules block by block (no hooks, nothing from ``ditf_core``) and follows design §2
 literally: x_t per draw, run blocks 0..k-1, average the raw input of block k over draws, zero the discarded
@@ -7,30 +8,44 @@ channels, LayerNorm without affine, ``(1 + scale) * LN + shift`` with the block'
 
 from __future__ import annotations
 
+import reference_families
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 def reference_features(model, latents, noise, *, t, layer, text, pooled, discard=(), guidance=3.5, modulate=True):
-    """latents [B, C, H, W] (or [E, B, ...]), noise [E, B, C, H, W] or None -> features [B, C, h, w]."""
-    draws = [latents if noise is None else t * noise[e] + (1 - t) * (latents[e] if latents.ndim == 5 else latents)
+    """latents [B, C, H, W] (or [E, B, ...]), noise [E, B, C, H, W] or None -> features [B, C, h, w].
+
+    Flux.1 and SD3 are driven here; the other families by ``reference_families`` (same contract)."""
+    family_by_hand = type(model).__name__ in reference_families.BY_HAND
+    draws = [latents if noise is None else _noised(model, latents[e] if latents.ndim == 5 else latents, noise[e], t)
              for e in range(1 if noise is None else noise.shape[0])]
     states = []
     for x_t in draws:
-        hidden, temb = block_input_by_hand(model, x_t, t=t, layer=layer, text=text, pooled=pooled, guidance=guidance)
+        if family_by_hand:
+            hidden, shift, scale, grid = reference_families.by_hand(model, x_t, t=t, layer=layer, text=text,
+                                                                    pooled=pooled, guidance=guidance)
+        else:
+            hidden, temb = block_input_by_hand(model, x_t, t=t, layer=layer, text=text, pooled=pooled,
+                                               guidance=guidance)
+            grid = (x_t.shape[-2] // 2, x_t.shape[-1] // 2)
         states.append(hidden)
     mean = torch.stack(states).mean(0)
     mean = mean.clone()
     for channel in discard:
         mean[:, :, channel] = 0
     if modulate:
-        shift, scale = modulation_by_hand(model, layer, temb)
+        if not family_by_hand:
+            shift, scale = modulation_by_hand(model, layer, temb)
         norm = nn.LayerNorm(mean.shape[-1], elementwise_affine=False, eps=1e-6)
         mean = (1 + scale[:, None, :]) * norm(mean) + shift[:, None, :]
     b, n, c = mean.shape
-    h, w = draws[0].shape[-2] // 2, draws[0].shape[-1] // 2
-    return mean.permute(0, 2, 1).reshape(b, c, h, w)
+    return mean.permute(0, 2, 1).reshape(b, c, *grid)
+
+
+def _noised(model, clean, noise, t):
+    return reference_families.noised(model, clean, noise, t)
 
 
 def block_input_by_hand(model, x_t, *, t, layer, text, pooled, guidance):

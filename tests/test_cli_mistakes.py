@@ -12,29 +12,15 @@ import shutil
 
 import pytest
 import torch
-from cli_helpers import forbid_model_loading, refused
+from cli_helpers import image, no_model_load, refused  # noqa: F401 (fixtures: no model loads here)
 from PIL import Image
 from safetensors.torch import save_file
 
 from ditf_core.cli import build_parser, main
 from ditf_core.cli_args import extract_kwargs
 from ditf_core.demo_model import build_tiny_flux, build_tiny_sd3, build_tiny_vae
-from ditf_core.samples import sample_scene
 
 DEMO = ["--demo", "--ensemble", "1", "--resolution", "64"]
-
-
-@pytest.fixture(autouse=True)
-def no_model_load(monkeypatch):
-    """Loading a model fails the test: every mistake here must be caught before."""
-    forbid_model_loading(monkeypatch)
-
-
-@pytest.fixture
-def image(tmp_path):
-    path = tmp_path / "scene.png"
-    sample_scene(size=(96, 64)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from cli_helpers import forbid_model_loading, refused
 from PIL import Image
 from test_eval import FakePipeline, assert_summary, make_ap10k, make_pfpascal, make_spair

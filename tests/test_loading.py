@@ -78,10 +78,10 @@ def test_unet_folder_is_unsupported(tmp_path):
 
 
 def test_other_transformer_class_is_unsupported(tmp_path):
-    folder = tmp_path / "pixart"
+    folder = tmp_path / "cogview"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"_class_name": "PixArtTransformer2DModel"}))
-    with pytest.raises(UnsupportedModelError, match="PixArtTransformer2DModel; supported: Flux"):
+    (folder / "config.json").write_text(json.dumps({"_class_name": "CogView4Transformer2DModel"}))
+    with pytest.raises(UnsupportedModelError, match="CogView4Transformer2DModel; supported: Flux"):
         load_pipeline(folder, vae=folder)
 
 

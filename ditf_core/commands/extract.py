@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ..cli_args import add_extract_arguments, add_model_arguments, add_output_argument, model_banner
 from ..cli_checks import check_distinct_stems, check_extract_options, check_images, load_planned, plan_model
-from ..errors import DiTFInputError
 from ..outputs import OutputFolder, save_image
 from ..wording import plural
 from .dino_options import add_dino_arguments, check_dino_options, fuse_images, load_dino

@@ -9,11 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import DiTFamily, FamilyDefaults
+from .base import DiTFamily, FamilyDefaults, relative_depth_layer
 
 # The paper's setting for Flux.1-dev (DiTF, Gan et al. 2025; official eval script): block 28 of 57, t = 260/1000,
 # 640 px long side, ensemble of 8. On other depths we keep the same relative depth.
-PAPER_LAYER, PAPER_DEPTH = 28, 57
 # Massive-activation channels of Flux.1-dev reported by the paper (hidden size 3072).
 PAPER_MASSIVE_CHANNELS = (154, 1446)
 
@@ -27,17 +26,13 @@ class FluxFamily(DiTFamily):
     # 13.7 GB of attention scores per block.
     token_limit_reason = ("Flux has no hard limit; DiTF bounds the cost: attention memory and time grow with the "
                           "square of the token count")
+    latent_space = "kl16"
+    single_blocks = "single_transformer_blocks"
 
     def matches(self, transformer: nn.Module) -> bool:
         from diffusers import FluxTransformer2DModel
 
         return isinstance(transformer, FluxTransformer2DModel)
-
-    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
-
-    def split(self, transformer: nn.Module) -> int:
-        return len(transformer.transformer_blocks)
 
     def latent_channels(self, transformer: nn.Module) -> int:
         return int(transformer.config.in_channels) // (self.patch * self.patch)  # tokens pack 2x2 latent cells
@@ -50,10 +45,8 @@ class FluxFamily(DiTFamily):
         return block.attn.to_out[0] if hasattr(block, "norm1") else block.proj_out
 
     def defaults(self, transformer: nn.Module) -> FamilyDefaults:
-        depth = len(self.blocks(transformer))
-        layer = PAPER_LAYER if depth == PAPER_DEPTH else min(depth - 1, round(PAPER_LAYER / PAPER_DEPTH * depth))
         return FamilyDefaults(
-            layer=layer,
+            layer=relative_depth_layer(len(self.blocks(transformer))),  # 28 on Flux.1's 57 blocks
             t=0.26,
             resolution=640,
             ensemble=8,

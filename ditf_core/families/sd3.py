@@ -1,7 +1,7 @@
 """SD3 / SD3.5 MMDiT as diffusers' ``SD3Transformer2DModel`` (joint blocks; SD3.5 adds dual attention, qk norm).
 
 All blocks are joint (two-stream) blocks; the image stream's ``hidden_states`` is image tokens only, row-major
-over the (H/2, W/2) patch grid.
+over the (H/2, W/2) patch grid. No DiTF setting was published for SD3: the defaults follow the relative-depth rule.
 """
 
 from __future__ import annotations
@@ -9,24 +9,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import DiTFamily, FamilyDefaults
-
-# No DiTF setting was published for SD3; we keep Flux's relative depth (28 of 57 ~ 0.49) and its timestep.
-RELATIVE_DEPTH = 28 / 57
+from .base import DiTFamily
 
 
 class SD3Family(DiTFamily):
     name = "sd3"
     label = "SD3/SD3.5 transformer"
     zero_text_tokens = 333  # 77 CLIP + 256 T5 tokens
+    latent_space = "kl16"
 
     def matches(self, transformer: nn.Module) -> bool:
         from diffusers import SD3Transformer2DModel
 
         return isinstance(transformer, SD3Transformer2DModel)
-
-    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return list(transformer.transformer_blocks)
 
     def block_kind(self, transformer: nn.Module, layer: int) -> str:
         return "joint"
@@ -38,20 +33,7 @@ class SD3Family(DiTFamily):
     def attention_out(self, block: nn.Module) -> nn.Linear:
         return block.attn.to_out[0]
 
-    def defaults(self, transformer: nn.Module) -> FamilyDefaults:
-        depth = len(self.blocks(transformer))
-        return FamilyDefaults(
-            layer=min(depth - 1, round(RELATIVE_DEPTH * depth)),
-            t=0.26,
-            resolution=640,
-            ensemble=8,
-            source=(
-                "no published DiTF setting for SD3/SD3.5: Flux's relative depth (28/57 of the blocks) and t=0.26; "
-                "check it on your data with `python -m ditf_core.eval`"
-            ),
-        )
-
-    def max_tokens_per_side(self, transformer: nn.Module) -> int | None:
+    def token_side_limit(self, transformer: nn.Module) -> int | None:
         # The learned position embeddings are cropped from a pos_embed_max_size^2 table: a hard limit per side.
         return transformer.config.pos_embed_max_size
 

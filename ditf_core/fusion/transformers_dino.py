@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import DiTFInputError
 from ..images import as_image_batch
-from ..loading import _read_header as read_safetensors_header  # one reader of .safetensors headers
+from ..releases import read_header as read_safetensors_header  # one reader of .safetensors headers
 from .dino import DEFAULT_DINO_RESOLUTION, DinoFeatures, describe_dinov2, dino_mapping, preprocess, tokens_to_map
 
 INSTALL_HINT = 'DINOv2 fusion needs the transformers package: pip install "comfyui-ditf[dino]"'

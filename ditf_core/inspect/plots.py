@@ -45,8 +45,8 @@ def channel_magnitude_plot(stats: ChannelStats, massive: Sequence[int], *, ratio
     ax.set_ylabel("median |activation| over image tokens")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
-    _margins(fig)
-    return _render(fig)
+    set_margins(fig)
+    return render_figure(fig)
 
 
 def magnitude_surface_plot(
@@ -72,7 +72,7 @@ def magnitude_surface_plot(
         magnitude = torch.nn.functional.pad(magnitude, (0, pad)).reshape(len(tokens), -1, width).amax(-1)
     bins = torch.arange(magnitude.shape[1]) * width
     x, y = torch.meshgrid(tokens.float(), bins.float(), indexing="ij")
-    fig = _new_figure(7.0)
+    fig = new_figure(7.0)
     ax = fig.add_subplot(projection="3d")
     ax.plot_surface(x.numpy(), y.numpy(), magnitude.numpy(), cmap="viridis", rstride=1, cstride=1, linewidth=0,
                     antialiased=False)
@@ -87,7 +87,7 @@ def magnitude_surface_plot(
     ax.set_title(title)
     ax.view_init(elev=25, azim=-60)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.04, top=0.93)
-    return _render(fig)
+    return render_figure(fig)
 
 
 def gate_alignment_plot(
@@ -101,7 +101,7 @@ def gate_alignment_plot(
 
     gates: (panel label, gate [B, C] or [C], top-|gate| channels to highlight) per block.
     """
-    fig = _new_figure(2.6 * (1 + len(gates)))
+    fig = new_figure(2.6 * (1 + len(gates)))
     axes = fig.subplots(1 + len(gates), 1, sharex=True, squeeze=False)[:, 0]
     channels = torch.arange(len(stats.ratio))
     finite = stats.ratio[torch.isfinite(stats.ratio)]
@@ -131,8 +131,8 @@ def gate_alignment_plot(
     axes[-1].set_xlabel("channel")
     axes[-1].set_xlim(-0.5, len(channels) - 0.5)
     fig.align_ylabels(axes)
-    _margins(fig, left=1.1, hspace=0.35)
-    return _render(fig)
+    set_margins(fig, left=1.1, hspace=0.35)
+    return render_figure(fig)
 
 
 def ablation_pca_plot(
@@ -162,7 +162,7 @@ def ablation_pca_plot(
     if images is not None:
         columns.insert(0, ("input image", [image.float().clamp(0, 1) for image in images[: len(hidden)]]))
     rows, cols = len(hidden), len(columns)
-    fig = _new_figure(WIDTH_IN / cols * rows * h / w + 0.8)
+    fig = new_figure(WIDTH_IN / cols * rows * h / w + 0.8)
     axes = fig.subplots(rows, cols, squeeze=False)
     for col, (label, pictures) in enumerate(columns):
         for row, picture in enumerate(pictures):
@@ -175,14 +175,14 @@ def ablation_pca_plot(
             if col == 0:
                 ax.set_ylabel(f"image {row}")
     fig.suptitle(title)
-    _margins(fig, left=0.35, right=0.05, bottom=0.05, top=0.75, hspace=0.3, wspace=0.03)
-    return _render(fig)
+    set_margins(fig, left=0.35, right=0.05, bottom=0.05, top=0.75, hspace=0.3, wspace=0.03)
+    return render_figure(fig)
 
 
 def layer_sweep_plot(sweep: LayerSweep, *, title: str, split: int | None = None) -> Image.Image:
     """Layer x channel heatmap of log10(channel ratio), massive cells ringed; 1000 px wide, 400-900 px high."""
     ratio = torch.nan_to_num(sweep.ratios, posinf=1e12).clamp_min(1e-3)
-    fig = _new_figure(max(4.0, min(9.0, 1.5 + 0.15 * len(sweep.layers))))
+    fig = new_figure(max(4.0, min(9.0, 1.5 + 0.15 * len(sweep.layers))))
     ax = fig.subplots()
     picture = ax.imshow(ratio.log10().numpy(), aspect="auto", interpolation="nearest", cmap="magma",
                         extent=(-0.5, ratio.shape[1] - 0.5, len(sweep.layers) - 0.5, -0.5))
@@ -198,8 +198,8 @@ def layer_sweep_plot(sweep: LayerSweep, *, title: str, split: int | None = None)
     ax.set_ylabel("block (its input)")
     ax.set_title(title)
     fig.colorbar(picture, ax=ax, label="log10(median |h| / map median)", fraction=0.04, pad=0.015)
-    _margins(fig, right=0.9)
-    return _render(fig)
+    set_margins(fig, right=0.9)
+    return render_figure(fig)
 
 
 def _pca_rgb_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> list[torch.Tensor]:
@@ -213,7 +213,9 @@ def _rows(capture: EnsembleCapture, count: int):
     return Modulation(shift=modulation.shift[:count], scale=modulation.scale[:count], gate=modulation.gate[:count])
 
 
-def _new_figure(height_in: float):
+def new_figure(height_in: float):
+    """A WIDTH_IN x ``height_in`` inch matplotlib Figure on an Agg canvas (no pyplot state); ``ditf_core.tune``
+    draws with it too."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -222,7 +224,7 @@ def _new_figure(height_in: float):
     return fig
 
 
-def _margins(fig, *, left=0.8, right=0.2, bottom=0.6, top=0.45, hspace=0.2, wspace=0.2) -> None:
+def set_margins(fig, *, left=0.8, right=0.2, bottom=0.6, top=0.45, hspace=0.2, wspace=0.2) -> None:
     """Fixed margins in inches (a layout engine costs ~0.2 s per figure; these plots have known furniture)."""
     width, height = fig.get_size_inches()
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
@@ -230,11 +232,12 @@ def _margins(fig, *, left=0.8, right=0.2, bottom=0.6, top=0.45, hspace=0.2, wspa
 
 
 def _figure(height_in: float):
-    fig = _new_figure(height_in)
+    fig = new_figure(height_in)
     return fig, fig.subplots()
 
 
-def _render(fig) -> Image.Image:
+def render_figure(fig) -> Image.Image:
+    """The figure as a PIL RGB image."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
     buffer.seek(0)

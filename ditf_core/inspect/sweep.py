@@ -322,14 +322,11 @@ def weights_digest(transformer: nn.Module) -> str:
     family = family_for(transformer)
     digest = hashlib.sha256()
     for block in family.blocks(transformer):
-        for layer in (family.adaln_linear(block), family.attention_out(block)):
-            for parameter in (layer.weight, layer.bias):
-                if parameter is None:
-                    continue
-                flat = parameter.detach().reshape(-1)
-                if flat.numel() > 65536:
-                    flat = flat[:: flat.numel() // 4096]
-                digest.update(flat.to("cpu", torch.float32).numpy().tobytes())
+        for parameter in family.signature_parameters(block):
+            flat = parameter.detach().reshape(-1)
+            if flat.numel() > 65536:
+                flat = flat[:: flat.numel() // 4096]
+            digest.update(flat.to("cpu", torch.float32).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -9,11 +9,28 @@ from __future__ import annotations
 from typing import Any
 
 from ...ditf_core.errors import UnsupportedModelError
+from .aura import AuraFlowComfy
 from .base import ComfyFamily, HostShape, TokenLayout
+from .chroma import ChromaComfy
 from .flux import FluxComfy
+from .hidream import HiDreamComfy
+from .lumina2 import Lumina2Comfy
+from .pixart import PixArtComfy
+from .qwen_image import QwenImageComfy
 from .sd3 import SD3Comfy
+from .wan import WanComfy
 
-COMFY_FAMILIES: tuple[ComfyFamily, ...] = (FluxComfy(), SD3Comfy())
+COMFY_FAMILIES: tuple[ComfyFamily, ...] = (
+    FluxComfy(),
+    SD3Comfy(),
+    ChromaComfy(),
+    QwenImageComfy(),
+    WanComfy(),
+    AuraFlowComfy(),
+    HiDreamComfy(),
+    Lumina2Comfy(),
+    PixArtComfy(),
+)
 
 
 def comfy_family_for(base: Any, diffusion: Any) -> ComfyFamily:
@@ -30,7 +47,7 @@ def comfy_family_for(base: Any, diffusion: Any) -> ComfyFamily:
 
 
 def supported_comfy_families() -> str:
-    return " and ".join(family.supported for family in COMFY_FAMILIES)
+    return ", ".join(family.supported for family in COMFY_FAMILIES)
 
 
 __all__ = ["COMFY_FAMILIES", "ComfyFamily", "HostShape", "TokenLayout", "comfy_family_for", "supported_comfy_families"]

@@ -7,10 +7,17 @@ from one place for both hosts.
 
 A block patch receives ComfyUI's ``args`` dict (``img``, ``txt``, ``vec``, ...). The adapter says
 
-* which patch key a global block index has (``("double_block", i)`` / ``("single_block", i)``),
+* how its blocks are reached (``mechanism``): ``"dit_patch"`` - ComfyUI's ``patches_replace["dit"]``, keyed
+  ``("double_block", i)`` / ``("single_block", i)`` (:meth:`ComfyFamily.patch_key`); or ``"object_patch"`` for
+  families whose forward has no such hook (HiDream, Lumina2, PixArt in ComfyUI 0.3.64): a ModelPatcher object patch
+  on the clone replaces the block at :meth:`ComfyFamily.block_path` by a shallow copy of it whose ``forward``
+  reports the block's input first; :meth:`ComfyFamily.call_args` turns that call's arguments into the same
+  ``args`` dict a dit patch gets;
 * where the image tokens sit in ``args[stream_key]`` (single-stream blocks see ``cat(txt, img)``),
 * how the block modulates its image stream's attention branch: ``(shift | scale | gate)`` as one ``[m, 3C]`` tensor,
-  computed by the block's own modules (so fp8 weights, LoRA patches and offloading apply as in sampling).
+  computed by the block's own modules (so fp8 weights, LoRA patches and offloading apply as in sampling);
+* how the model is called: :meth:`model_input` (video models take one-frame clips), :meth:`sigma` (the model's
+  sigma for DiTF time t), :meth:`cond_kwargs` (what ``extra_conds`` needs besides text and pooled vector).
 
 Generic on top of that (no per-family code): the token layout of a forward pass (:meth:`ComfyFamily.token_layout`)
 and reading / writing a block's image tokens in its ``args`` (:meth:`ComfyFamily.image_tokens`,
@@ -19,7 +26,7 @@ and reading / writing a block's image tokens in its ``args`` (:meth:`ComfyFamily
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -42,6 +49,9 @@ class HostShape:
     hidden_size: int
     context_dim: int
     pooled_dim: int | None
+    # Further text streams the family's conditioning carries (HiDream: {"conditioning_llama3": (layers, -1, width)}):
+    # key -> shape of one sample, -1 where the token count goes. Zero conditioning fills them with zeros.
+    text_streams: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,8 @@ class ComfyFamily:
     core: DiTFamily  # the ditf_core adapter of the same family
     supported: str = ""  # how the family is named in errors
     stream_key: str = "img"  # the args entry that carries the image tokens
+    mechanism: str = "dit_patch"  # "dit_patch" (patches_replace["dit"]) or "object_patch" (see the module docstring)
+    video: bool = False  # the model takes [B, C, F, H, W] clips: a single image is one frame
 
     def matches(self, base: Any, diffusion: Any) -> bool:
         """Whether ComfyUI's BaseModel ``base`` with diffusion model ``diffusion`` is this family."""
@@ -113,7 +125,36 @@ class ComfyFamily:
             stream[rows.to(stream.device), where] = tokens.to(stream.dtype)
         return {**args, self.stream_key: stream}
 
+    # --- object-patch families ----------------------------------------------------------------------------
+    def block_path(self, structure: SimpleNamespace, layer: int) -> str:
+        """Object path of global block ``layer`` under ComfyUI's BaseModel (``diffusion_model.layers.3``)."""
+        raise NotImplementedError(f"{type(self).__name__} reaches its blocks through patches_replace['dit']")
+
+    def call_args(self, args: tuple, kwargs: dict) -> dict:
+        """A block call's arguments as the ``args`` dict a dit patch would get (at least ``stream_key``, ``vec``)."""
+        raise NotImplementedError
+
+    # --- calling the model ----------------------------------------------------------------------------------
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Noisy latents [B, C, h, w] as the diffusion model takes them (video models: one frame)."""
+        return x.unsqueeze(2) if self.video else x
+
+    def sigma(self, model_sampling: Any, t: float) -> float:
+        """The model's sigma for DiTF time ``t``. Flow models: ``t`` itself (they noise as t * noise + (1 - t) * x0)."""
+        return t
+
+    def cond_kwargs(self, kwargs: dict, x: torch.Tensor) -> dict:
+        """Keyword arguments of ``BaseModel.extra_conds`` (``cross_attn``, ``pooled_output``, ``guidance`` and any
+        text streams) adjusted for the family; ``x`` is the model input."""
+        return kwargs
+
 
 def flat_modulation(batch: int, *parts: torch.Tensor) -> torch.Tensor:
     """(shift, scale, gate), each [m, C] or [m, 1, C], as one float32 [m, 3C]."""
     return torch.cat([part.reshape(batch, -1) for part in parts], dim=1).float()
+
+
+def zero_text_streams(streams: dict, tokens: int) -> dict:
+    """Zero tensors [1, ...] for ``HostShape.text_streams`` with ``tokens`` where the shape says -1."""
+    return {key: torch.zeros(1, *[tokens if size == -1 else size for size in shape]) for key, shape in streams.items()}
+
