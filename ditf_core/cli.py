@@ -62,6 +62,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--text-embeds", type=Path, help="precomputed conditioning: .safetensors with text_embeds, pooled")
     group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="transformer dtype (default: auto)")
+    group.add_argument("--load-blocks", choices=["auto", "all"], default="auto",
+                       help="auto: read only the blocks up to the deepest layer asked for (not for sweeps); all: every block")
 
 
 def add_sampling_arguments(group) -> None:
@@ -94,8 +96,10 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-dir", type=Path, help="also keep the sweep in this folder for later runs")
 
 
-def load_from_args(args, *, demo_by_default: bool = False):
-    """The pipeline the model arguments name: --model PATH, or --demo (the default only for ``demo``)."""
+def load_from_args(args, *, demo_by_default: bool = False, every_block: bool = False):
+    """The pipeline the model arguments name: --model PATH, or --demo (the default only for ``demo``).
+
+    every_block: the command runs every block (a sweep, the demo), so --load-blocks auto loads them all."""
     import torch
 
     from .conditioning import FixedPromptEncoder
@@ -113,10 +117,22 @@ def load_from_args(args, *, demo_by_default: bool = False):
             text_encoders=not args.no_text_encoders and args.text_embeds is None,
             device=args.device,
             dtype=dtype,
+            **blocks_to_load(args, every_block),
         )
     if args.text_embeds is not None:
         pipeline.prompt_encoder = FixedPromptEncoder.from_file(args.text_embeds)
     return pipeline
+
+
+def blocks_to_load(args, every_block: bool) -> dict:
+    """load_pipeline's load_blocks / layers: with --load-blocks auto, blocks 0..k of the deepest layer asked for
+    (--layer, --layers; none: the family default); all blocks for --load-blocks all and every-block commands."""
+    if every_block or args.load_blocks == "all":
+        return {"load_blocks": "all"}
+    if getattr(args, "layer", None) is not None:
+        return {"load_blocks": "auto", "layers": [args.layer]}
+    layers = parse_index_list(args.layers, "--layers") if getattr(args, "layers", None) else None
+    return {"load_blocks": "auto", "layers": layers}
 
 
 def check_model_choice(args, *, demo_by_default: bool = False) -> None:
@@ -170,7 +186,7 @@ def run_inspect(args) -> int:
     from .inspect import SweepCache, inspect_pipeline
     from .samples import sample_pair
 
-    pipeline = load_from_args(args)
+    pipeline = load_from_args(args, every_block=not args.no_sweep)
     print(model_banner(pipeline))
     if args.images:
         missing = [str(path) for path in args.images if not path.is_file()]
@@ -206,7 +222,7 @@ def run_inspect(args) -> int:
 def run_demo(args) -> int:
     from .demo import run_demo_pipeline
 
-    pipeline = load_from_args(args, demo_by_default=True)
+    pipeline = load_from_args(args, demo_by_default=True, every_block=True)
     print(model_banner(pipeline))
     summary = run_demo_pipeline(pipeline, args.out, extract_kwargs(args), progress=progress_printer)
     print(summary)
@@ -216,8 +232,10 @@ def run_demo(args) -> int:
 def model_banner(pipeline) -> str:
     info = pipeline.describe()
     warning = "  [RANDOM WEIGHTS: demo model, features are not meaningful]" if "demo" in pipeline.name else ""
+    held = getattr(pipeline, "loaded_depth", info["depth"])
+    loaded = f" [blocks 0..{held - 1} loaded]" if held < info["depth"] else ""
     return (
-        f"model: {pipeline.name} ({info['family']}, {info['depth']} blocks, hidden {info['hidden_size']}, "
+        f"model: {pipeline.name} ({info['family']}, {info['depth']} blocks{loaded}, hidden {info['hidden_size']}, "
         f"{pipeline.device}/{str(pipeline.dtype).removeprefix('torch.')}, text: {info['text']}){warning}"
     )
 

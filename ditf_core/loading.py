@@ -6,6 +6,9 @@ Accepted:
 * a diffusers transformer folder (``config.json`` of a Flux / SD3 transformer) plus ``vae=``;
 * a single ``.safetensors`` transformer file (BFL / Stability / diffusers key layout) plus ``vae=``; its diffusers
   config comes from ``config=`` or, for the known releases, from the presets in ``ditf_core/configs``.
+
+``load_blocks="auto"`` builds and reads only the transformer blocks an early-exit capture runs (0..k, k the deepest
+of ``layers``, see :mod:`ditf_core.block_loading`); ``"all"`` (the default) loads the whole transformer.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from pathlib import Path
 
 import torch
 
+from .block_loading import load_through_block
 from .errors import DiTFInputError, UnsupportedModelError
 from .families import supported_families
 
 CONFIGS = Path(__file__).parent / "configs"
+LOAD_BLOCKS = ("auto", "all")
 TRANSFORMER_CLASSES = ("FluxTransformer2DModel", "SD3Transformer2DModel")
 NOT_LOCAL = "nothing is downloaded: give a local path"
 
@@ -32,21 +37,28 @@ def load_pipeline(
     text_encoders: bool = True,
     device=None,
     dtype=None,
+    load_blocks: str = "all",
+    layers=None,
 ):
-    """A :class:`~ditf_core.pipeline.DiTFPipeline` from local files (see the module docstring)."""
+    """A :class:`~ditf_core.pipeline.DiTFPipeline` from local files (see the module docstring).
+
+    load_blocks: "all" or "auto" (only blocks 0..max(layers); without ``layers`` through the family's default layer
+    of the full model). A pipeline loaded with "auto" refuses deeper layers with a message saying to load "all".
+    """
     from .pipeline import DiTFPipeline, resolve_device_dtype
 
     device, dtype = resolve_device_dtype(device, dtype)
     path = _existing(path, "model")
+    blocks = dict(load_blocks=load_blocks, layers=layers, device=device)
     prompt_encoder = None
     if path.is_dir() and (path / "model_index.json").is_file():
         _check_pipeline_folder(path)
-        transformer = load_transformer(path / "transformer", dtype=dtype)
+        transformer = load_transformer(path / "transformer", dtype=dtype, **blocks)
         vae_model = load_vae(vae if vae is not None else path / "vae", transformer=transformer)
         if text_encoders:
             prompt_encoder = load_prompt_encoder(path, transformer, dtype=dtype, device=device)
     else:
-        transformer = load_transformer(path, config=config, dtype=dtype)
+        transformer = load_transformer(path, config=config, dtype=dtype, **blocks)
         if vae is None:
             raise DiTFInputError(
                 f"{path} holds only a transformer; also give its VAE (vae=... / --vae), a diffusers VAE folder, "
@@ -56,18 +68,26 @@ def load_pipeline(
     return DiTFPipeline(transformer, vae_model, prompt_encoder, device=device, dtype=dtype, name=path.name)
 
 
-def load_transformer(path, *, config=None, dtype=torch.float32):
-    """A diffusers Flux / SD3 transformer from a folder (``config.json``) or a single .safetensors file."""
+def load_transformer(path, *, config=None, dtype=torch.float32, load_blocks="all", layers=None, device="cpu"):
+    """A diffusers Flux / SD3 transformer from a folder (``config.json``) or a single .safetensors file.
+
+    load_blocks "auto": only blocks 0..max(layers), read straight onto ``device`` (see
+    :func:`ditf_core.block_loading.load_through_block`); "all": the whole model, on the CPU.
+    """
+    if load_blocks not in LOAD_BLOCKS:
+        raise DiTFInputError(f"load_blocks must be 'auto' or 'all', got {load_blocks!r}")
     path = _existing(path, "transformer")
     if path.is_dir():
-        class_name = _class_name(path)
-        return _transformer_class(class_name, path).from_pretrained(str(path), **_local(dtype))
-    _check_safetensors(path)
-    config_dir = _existing(config, "config") if config is not None else CONFIGS / transformer_preset(path)
-    class_name = _class_name(config_dir)
-    return _transformer_class(class_name, config_dir).from_single_file(
-        str(path), config=str(config_dir), **_local(dtype, safetensors=False)
-    )
+        config_dir = path
+    else:
+        _check_safetensors(path)
+        config_dir = _existing(config, "config") if config is not None else CONFIGS / transformer_preset(path)
+    model_class = _transformer_class(_class_name(config_dir), config_dir)
+    if load_blocks == "auto":
+        return load_through_block(model_class, config_dir, path, layers=layers, dtype=dtype, device=device)
+    if path.is_dir():
+        return model_class.from_pretrained(str(path), **_local(dtype))
+    return model_class.from_single_file(str(path), config=str(config_dir), **_local(dtype, safetensors=False))
 
 
 def load_vae(path, *, transformer=None):

@@ -15,7 +15,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from .block_loading import full_structure, loaded_depth
+from .capture import check_layers
 from .conditioning import ZeroPromptEncoder
+from .errors import DiTFInputError
 from .features import DiTFeatures
 from .families import DiTFamily, FamilyDefaults, family_for
 from .images import as_image_batch, resize_for_model
@@ -86,7 +89,7 @@ class DiTFPipeline:
         self.transformer = _move(transformer, self.device, self.dtype)
         self.vae = _move(_check_vae(vae), self.device, torch.float32)
         self.prompt_encoder = prompt_encoder or ZeroPromptEncoder(transformer)
-        self.defaults = self.family.defaults(transformer)
+        self.defaults = self.family.defaults(full_structure(transformer))  # of the full model, even if truncated
         self.name = name or type(transformer).__name__
         self.vae_encode_calls = 0
 
@@ -113,10 +116,20 @@ class DiTFPipeline:
 
     @property
     def depth(self) -> int:
-        return len(self.family.blocks(self.transformer))
+        """Blocks of the full model (also when only the first blocks were loaded, see :attr:`loaded_depth`)."""
+        return len(self.family.blocks(full_structure(self.transformer)))
+
+    @property
+    def loaded_depth(self) -> int:
+        """Blocks held in memory: :attr:`depth`, or fewer after ``load_blocks="auto"``."""
+        return loaded_depth(self.transformer)
 
     def describe(self) -> dict:
-        return {"name": self.name, **self.family.fingerprint(self.transformer), "text": self.prompt_encoder.description}
+        """The full model's fingerprint, also for a truncated load: its features are the same, so caches keyed by
+        it are shared."""
+        full = full_structure(self.transformer)
+        fingerprint = {**self.family.fingerprint(self.transformer), "depth": self.depth, "split": self.family.split(full)}
+        return {"name": self.name, **fingerprint, "text": self.prompt_encoder.description}
 
     # --- extraction -------------------------------------------------------------------------------------
     def settings(self, **settings) -> ExtractSettings:
@@ -178,6 +191,7 @@ class DiTFPipeline:
         images and settings as in :meth:`extract` (``mode`` is validated but not used here).
         """
         s = self.settings(**settings)
+        self._check_loaded([s.layer] if layers is None else list(layers))
         pixels = as_image_batch(images)
         mapping = PixelMapping.for_image(pixels.shape[-1], pixels.shape[-2], s.resolution, self.stride)
         generator = torch.Generator("cpu").manual_seed(s.seed)
@@ -198,6 +212,16 @@ class DiTFPipeline:
             family=self.family,
         )
         return PipelineCapture(layers=captured, settings=s, mapping=mapping, pixels=pixels)
+
+    def _check_loaded(self, layers: list[int]) -> None:
+        """Layers out of the FULL model's range get the usual message; layers beyond a truncated load say so."""
+        deepest = max(check_layers(full_structure(self.transformer), self.family, layers))
+        if deepest >= self.loaded_depth:
+            raise DiTFInputError(
+                f"layer {deepest} is beyond the blocks loaded: this pipeline holds blocks 0..{self.loaded_depth - 1} of "
+                f"{self.depth} (loaded with load_blocks='auto'); load the model with load_blocks='all' "
+                "(CLI: --load-blocks all) or ask for that layer when loading (CLI: --layer)"
+            )
 
     def encode(
         self, pixels: torch.Tensor, mapping: PixelMapping, ensemble: int, generator: torch.Generator
