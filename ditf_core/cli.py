@@ -1,4 +1,4 @@
-"""Command line: ``python -m ditf_core {extract,inspect,demo} ...``.
+"""Command line: ``python -m ditf_core {extract,inspect,demo,extract-dataset} ...``.
 
 ``demo`` is the quick start: without ``--model`` it runs on the built-in tiny demo DiT (RANDOM weights, two
 planted massive channels), so it works anywhere with no download.
@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(demo)
     add_extract_arguments(demo)
     demo.set_defaults(run=run_demo)
+
+    from .dataset.command import add_command as add_extract_dataset  # imports this module's shared options
+
+    add_extract_dataset(commands)
     return parser
 
 

@@ -21,9 +21,10 @@ from ..cli import (
     load_from_args,
     model_banner,
 )
+from ..dataset import device_for_rank, extraction_settings, process_group, ranks_from_env
 from ..errors import DiTFInputError
 from .datasets import READERS
-from .harness import evaluate
+from .harness import evaluate, evaluate_on_ranks
 from .pck import ALPHAS, format_table
 
 
@@ -69,8 +70,11 @@ def run(args) -> int:
             raise DiTFInputError(f"no pairs of categories {args.category} in {args.root} ({args.split})")
     pairs = pairs[: args.limit]
 
+    ranks = ranks_from_env()  # torchrun: extract on every rank, score on rank 0
+    args.device = device_for_rank(args.device, ranks)
     pipeline = load_from_args(args)
-    print(model_banner(pipeline), file=sys.stderr)
+    if ranks.main:
+        print(model_banner(pipeline), file=sys.stderr)
     options = extract_kwargs(args)
     settings = cache_settings(pipeline, args, options)
 
@@ -78,16 +82,16 @@ def run(args) -> int:
         return pipeline.extract(image, **options)
 
     started = time.perf_counter()
-    result = evaluate(
-        pairs,
-        extractor,
-        match=args.match,
-        alphas=args.alphas,
-        cache_dir=None if args.no_cache else args.cache,
-        cache_settings=settings,
-        keep_predictions=args.predictions,
-        progress=None if args.quiet else _progress,
-    )
+    scoring = dict(match=args.match, alphas=args.alphas, cache_dir=None if args.no_cache else args.cache,
+               cache_settings=settings, keep_predictions=args.predictions, progress=None if args.quiet else _progress)
+    if not ranks.launched:
+        result = evaluate(pairs, extractor, **scoring)
+    else:
+        with process_group(ranks, pipeline.device):
+            result = evaluate_on_ranks(pairs, extractor, ranks=ranks, show_progress=not args.quiet, **scoring)
+        if result is None:  # not rank 0: its share is in the cache
+            return 0
+        print(json.dumps({"extraction": result["extraction"]}), file=sys.stderr)
     elapsed = time.perf_counter() - started
     print(format_table(result["summary"]))
     print(
@@ -105,14 +109,7 @@ def run(args) -> int:
 
 def cache_settings(pipeline, args, options: dict) -> dict:
     """Everything that changes the features: the model (fingerprint, path, dtype) and resolved settings."""
-    names = ("layer", "t", "ensemble", "resolution", "seed", "mode", "prompt", "guidance")
-    resolved = pipeline.settings(**{k: options[k] for k in names})
-    return {
-        "model": pipeline.describe(),
-        "model_path": "demo" if args.model is None else str(Path(args.model).resolve()),
-        "dtype": str(pipeline.dtype),
-        "extract": {**resolved.__dict__, "discard": options["discard"]},
-    }
+    return extraction_settings(pipeline, args.model, options)
 
 
 def _progress(done: int, total: int) -> None:
