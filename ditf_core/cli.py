@@ -78,7 +78,7 @@ def add_sampling_arguments(group) -> None:
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     group.add_argument("--prompt", default="", help="text prompt (default empty)")
     group.add_argument("--guidance", type=float, default=3.5, help="Flux-dev guidance value (default 3.5)")
-    group.add_argument("--micro-batch", type=int, help="rows per transformer pass, to bound memory")
+    group.add_argument("--micro-batch", type=int, help="rows per transformer pass (default: all on CPU; on CUDA what fits)")
 
 
 def add_extract_arguments(parser: argparse.ArgumentParser) -> None:

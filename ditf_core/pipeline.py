@@ -24,6 +24,7 @@ from .families import DiTFamily, FamilyDefaults, family_for
 from .images import as_image_batch, resize_for_model
 from .mapping import PixelMapping
 from .massive import find_massive_channels
+from .micro_batch import auto_micro_batch
 from .recipe import EnsembleCapture, ProgressFn, apply_recipe, capture_ensemble, check_channels, check_timestep
 
 MODES = ("ditf", "adaln", "original")
@@ -188,6 +189,8 @@ class DiTFPipeline:
 
         One early-exit pass per micro-batch captures every block in ``layers`` (default: the settings' layer);
         each comes back ensemble-averaged with its own modulation (:class:`~ditf_core.recipe.EnsembleCapture`).
+        micro_batch: (draw x image) rows per pass; None runs all rows at once on the CPU and as many as the free
+        memory holds on CUDA (:mod:`ditf_core.micro_batch`).
         images and settings as in :meth:`extract` (``mode`` is validated but not used here).
         """
         s = self.settings(**settings)
@@ -198,11 +201,19 @@ class DiTFPipeline:
         latents = self.encode(pixels, mapping, s.ensemble, generator)
         noise = draw_noise(latents.shape, generator)
         text_embeds, pooled = self.prompt_encoder(s.prompt)
+        layers = [s.layer] if layers is None else list(layers)
+        if micro_batch is None:  # on CUDA: as many rows per pass as the free memory holds
+            micro_batch = auto_micro_batch(
+                self.device, rows=s.ensemble * pixels.shape[0], images=pixels.shape[0],
+                image_tokens=latents.shape[-2] * latents.shape[-1] // self.family.patch**2,
+                text_tokens=text_embeds.shape[-2], hidden_size=self.family.hidden_size(self.transformer),
+                dtype=self.dtype, layers=len(set(layers)),
+            )
         captured = capture_ensemble(
             self.transformer,
             latents,
             t=s.t,
-            layers=[s.layer] if layers is None else list(layers),
+            layers=layers,
             text_embeds=text_embeds,
             pooled=pooled,
             noise=noise,
