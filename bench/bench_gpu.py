@@ -35,7 +35,7 @@ SMOKE = dict(layer=3, latent=16, ensemble=2, text=16, gemm=256, repeats=2)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny config on the CPU: checks the script, measures nothing")
+    parser.add_argument("--smoke", action="store_true", help="a tiny config on the CPU: checks the script only")
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():
         print("bench_gpu.py needs a CUDA GPU (a full-size Flux.1-dev transformer is ~24 GB in bf16); none here, so "

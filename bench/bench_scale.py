@@ -1,4 +1,4 @@
-"""Dataset-scale benchmarks, printed as ratios (run: python bench/bench_scale.py [loading|extractions|torchrun|efficiency]).
+"""Dataset-scale benchmarks, printed as ratios (run: python bench/bench_scale.py [PART ...], all four by default).
 
 1. loading: peak memory and time of loading only blocks 0..k (load_blocks="auto") vs every block, on a full-width
    Flux slice written as a BFL-layout .safetensors file (like flux1-dev.safetensors); extrapolated to Flux.1-dev at
@@ -70,7 +70,8 @@ def write_slice(folder: Path, double: int, single: int) -> tuple[Path, Path]:
     save_file(tensors, str(path))
     config = json.loads((ROOT / "ditf_core" / "configs" / "flux-dev" / "config.json").read_text())
     (folder / "config").mkdir(exist_ok=True)
-    (folder / "config" / "config.json").write_text(json.dumps({**config, "num_layers": double, "num_single_layers": single}))
+    config = {**config, "num_layers": double, "num_single_layers": single}
+    (folder / "config" / "config.json").write_text(json.dumps(config))
     return path, folder / "config"
 
 
@@ -147,19 +148,19 @@ def bench_loading(repeats: int) -> None:
             print(f"  {label:<60} {median[mode]['seconds']:6.2f} s  peak {median[mode]['peak_gb']:5.2f} GB  "
                   f"params {params[mode] / 1e9:.3f} B")
         share = params["auto"] / params["auto-all"]
-        print(f"  truncated / every block (same reader): memory {median['auto']['peak_gb'] / median['auto-all']['peak_gb']:.2f}, "
-              f"time {median['auto']['seconds'] / median['auto-all']['seconds']:.2f}, parameters {share:.2f}")
-        print(f"  truncated / load_blocks='all' (today's loader): memory "
-              f"{median['auto']['peak_gb'] / median['all']['peak_gb']:.2f}, time "
-              f"{median['auto']['seconds'] / median['all']['seconds']:.2f}")
+        for other, label in (("auto-all", "every block, same reader"), ("all", "load_blocks='all'")):
+            memory = median["auto"]["peak_gb"] / median[other]["peak_gb"]
+            seconds = median["auto"]["seconds"] / median[other]["seconds"]
+            print(f"  truncated / {label}: memory {memory:.2f}, time {seconds:.2f}, parameters "
+                  f"{params['auto'] / params[other]:.2f}")
         parity = _child(["--parity-child", str(path), str(config), str(layer)])
         print(f"  parity: block inputs and modulations of blocks 0..{layer}, truncated BFL load vs from_single_file: "
               f"{'bitwise equal' if parity['equal'] else 'DIFFERENT'}")
     counts = flux_dev_counts()
-    print(f"  Flux.1-dev at k = 28 (from parameter counts): {counts['loaded'] / 1e9:.2f} B of {counts['total'] / 1e9:.2f} B "
-          f"parameters = {counts['loaded'] / counts['total']:.2f} ({counts['loaded'] * 2 / GB:.1f} GB instead of "
-          f"{counts['total'] * 2 / GB:.1f} GB in bf16; blocks: double {counts['double'] / 1e6:.0f} M, single "
-          f"{counts['single'] / 1e6:.0f} M, rest {counts['other'] / 1e6:.0f} M)")
+    loaded, total = counts["loaded"], counts["total"]
+    print(f"  Flux.1-dev at k = 28 (from parameter counts): {loaded / 1e9:.2f} B of {total / 1e9:.2f} B parameters = "
+          f"{loaded / total:.2f} ({loaded * 2 / GB:.1f} GB instead of {total * 2 / GB:.1f} GB in bf16; blocks: double "
+          f"{counts['double'] / 1e6:.0f} M, single {counts['single'] / 1e6:.0f} M, rest {counts['other'] / 1e6:.0f} M)")
 
 
 # --- 2. extractions per dataset --------------------------------------------------------------------------------------
@@ -178,11 +179,12 @@ def bench_extractions(spair_root: Path | None) -> None:
                           cache_settings={"synthetic": 1}, show_progress=False)
     official = 2 * len(pairs)
     print(f"extractions: synthetic SPair layout ({len(pairs)} pairs = every pair of 6 images in each of 3 categories): "
-          f"{extractor.calls} extractor calls vs {official} per-pair re-extractions -> {official / extractor.calls:.1f}x fewer")
+          f"{extractor.calls} extractor calls vs {official} per-pair re-extractions -> "
+          f"{official / extractor.calls:.1f}x fewer")
     test_pairs, images, per_category = 12_234, 1_800, 100
     print(f"  SPair-71k test: {test_pairs} pairs -> {2 * test_pairs} per-pair extractions (official); unique images at "
-          f"most {images} (the layout holds {per_category} images in each of its 18 categories, JPEGImages/<category>/) "
-          f"-> at least {2 * test_pairs / images:.1f}x fewer")
+          f"most {images} (the layout holds {per_category} images in each of its 18 categories, "
+          f"JPEGImages/<category>/) -> at least {2 * test_pairs / images:.1f}x fewer")
     if spair_root is not None:
         real = read_spair(spair_root, "test")
         unique = len({p for pair in real for p in (pair.source_image, pair.target_image)})
@@ -225,8 +227,8 @@ def bench_torchrun(repeats: int, images: int = 16) -> None:
             write_image(folder / "images" / f"{i}.jpg", (256, 192), (i, 1))
         command = ["-m", "ditf_core", "extract-dataset", str(folder / "images"), "--model", str(model),
                    "--resolution", "256", "--ensemble", "4", "--quiet"]
-        launches = {"plain process": [], "torchrun 1 rank": ["torch.distributed.run", "--standalone", "--nproc_per_node", "1"],
-                    "torchrun 2 ranks": ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"]}
+        torchrun = ["torch.distributed.run", "--standalone", "--nproc_per_node"]
+        launches = {"plain process": [], "torchrun 1 rank": [*torchrun, "1"], "torchrun 2 ranks": [*torchrun, "2"]}
         walls: dict[str, list[float]] = {name: [] for name in launches}
         extraction: dict[str, list[float]] = {name: [] for name in launches}
         for repeat in range(repeats):
@@ -287,7 +289,8 @@ def _env() -> dict:
 
 
 def _child(arguments: list[str]) -> dict:
-    done = subprocess.run([sys.executable, __file__, *arguments], env=_env(), capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, __file__, *arguments], env=_env(), capture_output=True, text=True,
+                          check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -137,7 +137,7 @@ def _diffusers_files(weights: Path, names: list[str]) -> dict[Path, dict[str, st
         weight_map = json.loads(index.read_text())["weight_map"]
         missing = [name for name in names if name not in weight_map]
         if missing:
-            raise DiTFInputError(f"{index} does not list {missing[0]} (and {len(missing) - 1} more); is the folder complete?")
+            raise DiTFInputError(f"{index} lacks {missing[0]} ({len(missing)} missing); is the folder complete?")
         by_file: dict[Path, dict[str, str]] = {}
         for name in names:
             by_file.setdefault(weights / weight_map[name], {})[name] = name

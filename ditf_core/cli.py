@@ -67,7 +67,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="transformer dtype (default: auto)")
     group.add_argument("--load-blocks", choices=["auto", "all"], default="auto",
-                       help="auto: read only the blocks up to the deepest layer asked for (not for sweeps); all: every block")
+                       help="auto: only the blocks up to the deepest layer asked for (sweeps: all); all: every block")
 
 
 def add_sampling_arguments(group) -> None:
@@ -78,7 +78,7 @@ def add_sampling_arguments(group) -> None:
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     group.add_argument("--prompt", default="", help="text prompt (default empty)")
     group.add_argument("--guidance", type=float, default=3.5, help="Flux-dev guidance value (default 3.5)")
-    group.add_argument("--micro-batch", type=int, help="rows per transformer pass (default: all on CPU; on CUDA what fits)")
+    group.add_argument("--micro-batch", type=int, help="rows per transformer pass (default: all; on CUDA what fits)")
 
 
 def add_extract_arguments(parser: argparse.ArgumentParser) -> None:

@@ -129,8 +129,9 @@ class DiTFPipeline:
         """The full model's fingerprint, also for a truncated load: its features are the same, so caches keyed by
         it are shared."""
         full = full_structure(self.transformer)
-        fingerprint = {**self.family.fingerprint(self.transformer), "depth": self.depth, "split": self.family.split(full)}
-        return {"name": self.name, **fingerprint, "text": self.prompt_encoder.description}
+        fingerprint = self.family.fingerprint(self.transformer)
+        return {"name": self.name, **fingerprint, "depth": self.depth, "split": self.family.split(full),
+                "text": self.prompt_encoder.description}
 
     # --- extraction -------------------------------------------------------------------------------------
     def settings(self, **settings) -> ExtractSettings:
@@ -229,9 +230,9 @@ class DiTFPipeline:
         deepest = max(check_layers(full_structure(self.transformer), self.family, layers))
         if deepest >= self.loaded_depth:
             raise DiTFInputError(
-                f"layer {deepest} is beyond the blocks loaded: this pipeline holds blocks 0..{self.loaded_depth - 1} of "
-                f"{self.depth} (loaded with load_blocks='auto'); load the model with load_blocks='all' "
-                "(CLI: --load-blocks all) or ask for that layer when loading (CLI: --layer)"
+                f"layer {deepest} is beyond the blocks loaded: this pipeline holds blocks "
+                f"0..{self.loaded_depth - 1} of {self.depth} (loaded with load_blocks='auto'); load the model with "
+                "load_blocks='all' (CLI: --load-blocks all) or ask for that layer when loading (CLI: --layer)"
             )
 
     def encode(

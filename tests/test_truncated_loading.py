@@ -103,8 +103,8 @@ def test_shards_and_tensors_of_deeper_blocks_are_never_read(folders, opened):
     folder = folders["flux-sharded"] / "transformer"
     weight_map = json.loads((folder / block_loading.WEIGHTS_INDEX).read_text())["weight_map"]
     load_pipeline(folders["flux-sharded"], device="cpu", load_blocks="auto", layers=[2])  # 2 double + 1 single
-    deeper = [name for name in weight_map if name.startswith(("single_transformer_blocks.1.", "single_transformer_blocks.2.",
-                                                              "single_transformer_blocks.3."))]
+    deeper_blocks = tuple(f"single_transformer_blocks.{i}." for i in (1, 2, 3))
+    deeper = [name for name in weight_map if name.startswith(deeper_blocks)]
     transformer_reads = [name for name in opened["tensors"] if name in weight_map]
     assert deeper and not set(deeper) & set(transformer_reads)
     assert sorted(transformer_reads) == sorted(set(weight_map) - set(deeper))  # each needed tensor, once
@@ -122,7 +122,8 @@ def test_single_file_in_the_diffusers_layout(tmp_path):
     truncated = load_pipeline(single, load_blocks="auto", layers=[2], **options)
     image = sample_scene(size=(64, 64))
     assert truncated.loaded_depth == 3
-    assert torch.equal(truncated.extract(image, layer=2, **SMALL).features, full.extract(image, layer=2, **SMALL).features)
+    expected = full.extract(image, layer=2, **SMALL).features
+    assert torch.equal(truncated.extract(image, layer=2, **SMALL).features, expected)
 
 
 # --- the original (BFL / Stability) single-file layouts, converted by diffusers' converters ------------------------

@@ -35,7 +35,7 @@ def add_command(subparsers) -> argparse.ArgumentParser:
         "extract-dataset", help="a folder or list of images -> a feature store (torchrun: shared among the ranks)"
     )
     parser.add_argument("source", type=Path, help="folder of images (searched recursively) or a text file of paths")
-    parser.add_argument("--out", type=Path, default=Path("ditf_store"), help="feature store folder (default ditf_store)")
+    parser.add_argument("--out", type=Path, default=Path("ditf_store"), help="feature store (default ditf_store)")
     parser.add_argument("--summary", type=Path, help="also write the run's JSON summary to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_arguments(parser)

@@ -42,8 +42,8 @@ def extract_on_ranks(
         plan = {"missing": [str(path) for path in missing_images(store, settings, unique)], "run": uuid.uuid4().hex}
     plan = broadcast(plan, ranks)
     share = plan["missing"][ranks.rank :: ranks.world]
-    progress = RankProgress(ranks, shard=len(share), total=len(plan["missing"]), folder=settings_folder(store, settings),
-                            run=plan["run"], show=show_progress)
+    progress = RankProgress(ranks, shard=len(share), total=len(plan["missing"]),
+                            folder=settings_folder(store, settings), run=plan["run"], show=show_progress)
     try:
         for image in share:
             extract_into(store, settings, Path(image), extractor)

@@ -82,7 +82,8 @@ def missing_images(store: str | Path, settings: dict, images: Iterable[str | Pat
     return [Path(image) for image in images if not is_stored(store, settings, image)]
 
 
-def extract_into(store: str | Path | None, settings: dict | None, image_path: Path, extractor: Extractor) -> DiTFeatures:
+def extract_into(store: str | Path | None, settings: dict | None, image_path: Path, extractor: Extractor
+                 ) -> DiTFeatures:
     """Extract one image file with ``extractor`` (``PIL.Image -> DiTFeatures``), check what it returned and, with a
     ``store``, write it there atomically."""
     image_path = Path(image_path)
