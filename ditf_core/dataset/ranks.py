@@ -65,9 +65,11 @@ def process_group(ranks: Ranks, device: torch.device | str) -> Iterator[None]:
         yield
         return
     device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # nccl's object collectives use the current device
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT)
+    if device.type == "cuda":  # nccl's object collectives and barriers use this rank's GPU
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", timeout=BARRIER_TIMEOUT, device_id=device)
+    else:
+        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     try:
         yield
     finally:

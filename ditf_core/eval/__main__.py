@@ -3,6 +3,8 @@
 Prints a per-category table (percent) and writes the full result as JSON (``--output``). Features are cached
 per image under ``--cache`` (default ``.ditf_cache/eval``), so an interrupted run resumes where it stopped.
 Matching defaults to "exact", the paper protocol; ``--match fast`` is the feature-resolution variant.
+Under ``torchrun --nproc_per_node N -m ditf_core.eval ...`` every rank extracts its share of the images first
+(:func:`ditf_core.eval.harness.evaluate_on_ranks`) and rank 0 scores.
 """
 
 from __future__ import annotations
