@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -76,10 +75,14 @@ def write_slice(folder: Path, double: int, single: int) -> tuple[Path, Path]:
 
 
 def load_child(mode: str, path: str, config: str, layer: int) -> None:
-    """(in a fresh process) load once; print seconds, peak RSS above the post-import baseline, parameters."""
+    """(in a fresh process) load once; print seconds and peak RSS above the post-import baseline (both from after the
+    imports), parameters."""
+    from diffusers import FluxTransformer2DModel  # noqa: F401  (imports are not loading: done before the clock)
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers  # noqa: F401
+
     from ditf_core.loading import load_transformer
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline = _reset_peak_rss()
     started = time.perf_counter()
     blocks = json.loads(Path(config, "config.json").read_text())
     last = blocks["num_layers"] + blocks["num_single_layers"] - 1
@@ -87,10 +90,14 @@ def load_child(mode: str, path: str, config: str, layer: int) -> None:
                "auto-all": dict(load_blocks="auto", layers=[last]),  # every block, through the same reader as "auto"
                "all": dict(load_blocks="all")}[mode]
     model = load_transformer(Path(path), config=Path(config), dtype=torch.bfloat16, **options)
+    # safetensors maps the file and pages tensors in on first use: touch every weight, so that both loaders are
+    # measured holding the whole model in memory (as a forward pass or a copy to the GPU would)
+    with torch.no_grad():
+        touched = sum(float(p.sum()) for p in model.parameters())
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"seconds": seconds, "peak_gb": (peak - baseline) / GB, "params": params}))
+    print(json.dumps({"seconds": seconds, "peak_gb": (peak - baseline) / GB, "params": params, "sum": touched}))
 
 
 def parity_child(path: str, config: str, layer: int) -> None:
@@ -227,16 +234,20 @@ def bench_torchrun(repeats: int, images: int = 16) -> None:
             write_image(folder / "images" / f"{i}.jpg", (256, 192), (i, 1))
         command = ["-m", "ditf_core", "extract-dataset", str(folder / "images"), "--model", str(model),
                    "--resolution", "256", "--ensemble", "4", "--quiet"]
-        torchrun = ["torch.distributed.run", "--standalone", "--nproc_per_node"]
-        launches = {"plain process": [], "torchrun 1 rank": [*torchrun, "1"], "torchrun 2 ranks": [*torchrun, "2"]}
+        torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+        # torchrun gives each of several ranks one thread (OMP_NUM_THREADS=1); one rank keeps torch's default (one
+        # thread per core) unless told otherwise
+        launches = {"1 rank, 2 threads": ([*torchrun, "1"], {}),
+                    "1 rank, 1 thread": ([*torchrun, "1"], {"OMP_NUM_THREADS": "1"}),
+                    "2 ranks, 1 thread each": ([*torchrun, "2"], {})}
         walls: dict[str, list[float]] = {name: [] for name in launches}
         extraction: dict[str, list[float]] = {name: [] for name in launches}
         for repeat in range(repeats):
-            for name, launcher in launches.items():
-                store = folder / f"store-{repeat}-{name.replace(' ', '-')}"
-                argv = [sys.executable, *(["-m", *launcher] if launcher else []), *command, "--out", str(store)]
+            for name, (launcher, env) in launches.items():
+                store = folder / f"store-{repeat}-{len(walls[name])}-{launcher[-1]}-{env.get('OMP_NUM_THREADS', '')}"
+                argv = [sys.executable, *launcher, *command, "--out", str(store)]
                 started = time.perf_counter()
-                done = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, check=True)
+                done = subprocess.run(argv, cwd=ROOT, env={**_env(), **env}, capture_output=True, text=True, check=True)
                 walls[name].append(time.perf_counter() - started)
                 extraction[name].append(json.loads(done.stdout)["seconds"])
     wall = {name: statistics.median(values) for name, values in walls.items()}
@@ -244,9 +255,10 @@ def bench_torchrun(repeats: int, images: int = 16) -> None:
     print(f"torchrun: extract-dataset of {images} images (256x192 px, E=4, 12-block hidden-256 Flux), {os.cpu_count()} "
           "cores; wall time incl. start-up / extraction phase only")
     for name in launches:
-        print(f"  {name:<18} {wall[name]:6.2f} s / {work[name]:6.2f} s")
-    print(f"  2 ranks / 1 rank: wall {wall['torchrun 2 ranks'] / wall['torchrun 1 rank']:.2f}, extraction "
-          f"{work['torchrun 2 ranks'] / work['torchrun 1 rank']:.2f}")
+        print(f"  {name:<24} {wall[name]:7.2f} s / {work[name]:7.2f} s")
+    two = "2 ranks, 1 thread each"
+    for one in ("1 rank, 2 threads", "1 rank, 1 thread"):
+        print(f"  2 ranks / {one}: wall {wall[two] / wall[one]:.2f}, extraction {work[two] / work[one]:.2f}")
 
 
 # --- 4. CPU efficiency ------------------------------------------------------------------------------------------------
@@ -260,7 +272,6 @@ def bench_efficiency(repeats: int) -> None:
         return sdpa_flop_count(query, key, value)  # torch counts the CUDA attention kernels, not this CPU one
 
     a, b = torch.randn(2112, WIDTH), torch.randn(WIDTH, WIDTH)
-    gemm = 2 * 2112 * WIDTH * WIDTH / median_seconds(lambda: a @ b, repeats * 4)
     config = json.loads((ROOT / "ditf_core" / "configs" / "flux-dev" / "config.json").read_text())
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     model = build_tiny_flux(**{**config, "num_layers": 1, "num_single_layers": 2})  # full width, fp32
@@ -276,14 +287,40 @@ def bench_efficiency(repeats: int) -> None:
     with FlopCounterMode(display=False, custom_mapping=attention) as counter:
         extract()
     flops = counter.get_total_flops()
-    seconds = median_seconds(extract, repeats)
+    gemms, extractions = [], []
+    extract()  # warm-up
+    for _ in range(repeats):  # interleaved, so that both see the same load on a shared machine
+        gemms.append(2 * 2112 * WIDTH * WIDTH / median_seconds(lambda: a @ b, 8))
+        started = time.perf_counter()
+        extract()
+        extractions.append(flops / (time.perf_counter() - started))
+    gemm, achieved = statistics.median(gemms), statistics.median(extractions)
+    ratio = statistics.median(e / g for e, g in zip(extractions, gemms))
     print(f"efficiency: extraction to block 2 of a full-width Flux slice (1 double + 2 single blocks, fp32), 640 px, "
-          f"E=2, 512 text tokens: {flops / 1e12:.2f} TFLOP in {seconds:.2f} s = {flops / seconds / 1e9:.1f} GFLOP/s; "
-          f"dense GEMM [2112x3072]@[3072x3072]: {gemm / 1e9:.1f} GFLOP/s -> efficiency {flops / seconds / gemm:.2f} "
-          "(target >= 0.7)")
+          f"E=2, 512 text tokens: {flops / 1e12:.2f} TFLOP at {achieved / 1e9:.1f} GFLOP/s; dense GEMM "
+          f"[2112x3072]@[3072x3072]: {gemm / 1e9:.1f} GFLOP/s -> efficiency {ratio:.2f} (median of {repeats} "
+          "interleaved pairs; target >= 0.7)")
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
+def _reset_peak_rss() -> int:
+    """Reset this process's peak RSS (VmHWM) to its current RSS and return that. (getrusage's ru_maxrss would not do:
+    it carries the parent's peak across fork + exec.)"""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_bytes("VmRSS")
+
+
+def _peak_rss() -> int:
+    return _status_bytes("VmHWM")
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
 
