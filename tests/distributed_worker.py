@@ -8,7 +8,6 @@ storing N; torchrun then stops the other ranks wherever they are.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 from pathlib import Path
@@ -33,7 +32,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("images", type=Path)
     parser.add_argument("store", type=Path)
-    parser.add_argument("--summary", type=Path)
     parser.add_argument("--crash-after", type=int)
     args = parser.parse_args()
     ranks = ranks_from_env()
@@ -43,8 +41,6 @@ def main() -> None:
         summary = extract_on_ranks(sorted(args.images.glob("*.jpg")), extractor, args.store, SETTINGS, ranks=ranks,
                                    show_progress=False)
     assert summary["ranks"][ranks.rank]["extracted"] == extractor.calls  # the JSON counts extractor calls
-    if ranks.main and args.summary is not None:
-        args.summary.write_text(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
-"""torchrun launches (gloo, CPU): the same PCK and cache files as one process, resumable after a kill, idle ranks.
-
-Each test starts torchrun once or twice (a few seconds of start-up per rank), on a handful of small images.
+"""torchrun launches (gloo, CPU): the same PCK and cache files as one process, resumable after a kill or Ctrl-C,
+idle ranks. Each test starts torchrun once (a few seconds of start-up per rank), on a handful of small images.
 """
 
 from __future__ import annotations
@@ -14,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from test_eval import make_spair, write_image
+from test_eval import SETTINGS, SyntheticExtractor, make_spair, write_image
 
 from ditf_core.cli import main as cli_main
+from ditf_core.dataset import extract_on_ranks
 from ditf_core.eval.__main__ import main as eval_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_two_ranks_give_the_single_process_pck_and_cache(tmp_path):
     assert one["features"] == two["features"] == {"extracted": 6, "cached": 0}
 
 
-def test_a_killed_run_resumes_on_another_number_of_ranks_extracting_only_what_is_missing(tmp_path):
+def test_a_killed_run_resumes_extracting_only_what_is_missing(tmp_path):
     images = tmp_path / "images"
     for index in range(8):
         write_image(images / f"im{index}.jpg", (48 + 8 * index, 40), (index, 2 * index))
@@ -78,23 +78,44 @@ def test_a_killed_run_resumes_on_another_number_of_ranks_extracting_only_what_is
     assert crashed.returncode != 0
     before = stored(store)
     assert 1 <= len(before) <= 5  # rank 1 stored one of its 4 images and died; rank 0 was stopped wherever it was
-    torchrun(3, "tests/distributed_worker.py", str(images), str(store), "--summary", str(tmp_path / "rerun.json"))
-    rerun = json.loads((tmp_path / "rerun.json").read_text())
+    extractor = SyntheticExtractor()  # the rerun, here on one rank
+    rerun = extract_on_ranks(sorted(images.glob("*.jpg")), extractor, store, SETTINGS, show_progress=False)
     after = stored(store)
     assert len(after) == 8 and not list(store.rglob("*.partial"))
-    assert rerun["stored_before"] == len(before) and rerun["extracted"] == 8 - len(before)  # only the missing ones
+    assert extractor.calls == rerun["extracted"] == 8 - len(before) and rerun["stored_before"] == len(before)
     assert all(after[name][2] == before[name][2] for name in before)  # the first run's files were left alone
 
 
-def test_three_ranks_on_two_images_via_extract_dataset(tmp_path):
+def test_after_ctrl_c_three_ranks_extract_the_two_missing_images(tmp_path, monkeypatch):
+    """extract-dataset interrupted by Ctrl-C after two images, resumed by torchrun on 3 ranks: one rank is idle."""
     images = tmp_path / "images"
-    write_image(images / "a.jpg", (64, 48), (1, 2))
-    write_image(images / "b.png", (48, 64), (3, 4))
-    assert cli_main(["extract-dataset", str(images), "--out", str(tmp_path / "one"), *DEMO, "--quiet"]) == 0
-    torchrun(3, "-m", "ditf_core", "extract-dataset", str(images), "--out", str(tmp_path / "three"), *DEMO,
-             "--summary", str(tmp_path / "three.json"))
-    summary = json.loads((tmp_path / "three.json").read_text())
-    assert [rank["images"] for rank in summary["ranks"]] == [1, 1, 0] and summary["extracted"] == 2
-    assert_same_features(stored(tmp_path / "three"), stored(tmp_path / "one"))
+    for index, suffix in enumerate((".jpg", ".png", ".jpg", ".png")):
+        write_image(images / f"{index}{suffix}", (64 - 8 * index, 48 + 8 * index), (index, 1))
+    assert cli_main(["extract-dataset", str(images), "--out", str(tmp_path / "whole"), *DEMO, "--quiet"]) == 0
+
+    from ditf_core.pipeline import DiTFPipeline
+
+    extract, calls = DiTFPipeline.extract, []
+
+    def interrupted(self, image, **options):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return extract(self, image, **options)
+
+    monkeypatch.setattr(DiTFPipeline, "extract", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cli_main(["extract-dataset", str(images), "--out", str(tmp_path / "resumed"), *DEMO, "--quiet"])
+    before = stored(tmp_path / "resumed")
+    assert len(before) == 2 and not list((tmp_path / "resumed").rglob("*.partial"))
+
+    torchrun(3, "-m", "ditf_core", "extract-dataset", str(images), "--out", str(tmp_path / "resumed"), *DEMO,
+             "--summary", str(tmp_path / "summary.json"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["stored_before"], summary["extracted"]) == (2, 2)
+    assert [rank["images"] for rank in summary["ranks"]] == [1, 1, 0]  # 2 missing images, 3 ranks
+    after = stored(tmp_path / "resumed")
+    assert_same_features(after, stored(tmp_path / "whole"))
+    assert all(after[name][2] == before[name][2] for name in before)
     index = json.loads(Path(summary["index"]).read_text())
-    assert sorted(Path(image).name for image in index) == ["a.jpg", "b.png"]
+    assert sorted(Path(image).name for image in index) == ["0.jpg", "1.png", "2.jpg", "3.png"]
