@@ -195,14 +195,14 @@ class DiTFPipeline:
         images and settings as in :meth:`extract` (``mode`` is validated but not used here).
         """
         s = self.settings(**settings)
-        self._check_loaded([s.layer] if layers is None else list(layers))
+        layers = [s.layer] if layers is None else list(layers)
+        self._check_loaded(layers)
         pixels = as_image_batch(images)
         mapping = PixelMapping.for_image(pixels.shape[-1], pixels.shape[-2], s.resolution, self.stride)
         generator = torch.Generator("cpu").manual_seed(s.seed)
         latents = self.encode(pixels, mapping, s.ensemble, generator)
         noise = draw_noise(latents.shape, generator)
         text_embeds, pooled = self.prompt_encoder(s.prompt)
-        layers = [s.layer] if layers is None else list(layers)
         if micro_batch is None:  # on CUDA: as many rows per pass as the free memory holds
             micro_batch = auto_micro_batch(
                 self.device, rows=s.ensemble * pixels.shape[0], images=pixels.shape[0],
