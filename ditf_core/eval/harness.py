@@ -15,18 +15,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from PIL import Image
 
 from ..dataset.ranks import Ranks
 from ..dataset.runner import extract_on_ranks, unique_paths
-from ..dataset.store import cache_path, extract_into, read_cached, settings_digest
+from ..dataset.store import Extractor, cache_path, extract_into, read_cached, settings_digest
 from ..errors import DiTFInputError
 from ..features import DiTFeatures
 from ..matching import match_points
 from .datasets import Pair
 from .pck import ALPHAS, PairScore, correct_points, summarize
 
-Extractor = Callable[[Image.Image], DiTFeatures]
 ProgressFn = Callable[[int, int], None]
 __all__ = ["cache_path", "evaluate", "evaluate_on_ranks", "settings_digest", "unique_images"]
 
