@@ -25,5 +25,6 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# The default output folders of the commands (the eval cache .ditf_cache/ is kept: slow to redo).
 clean:
-	rm -rf $(VENV) ditf_demo ditf_features
+	rm -rf $(VENV) ditf_demo ditf_features ditf_inspect ditf_propagate ditf_track ditf_davis ditf_tapvid ditf_cosegment

@@ -11,10 +11,15 @@ Same random features for every variant (seeded): C = 3072 channels, 40 x 40 cell
   linearly: upsampling time + 20 x the mean per-keypoint time; the output says so. Its memory does not grow
   with the number of keypoints (each keypoint's temporaries are freed before the next).
 * exact, fast: ``ditf_core.matching.match_points`` with all 20 keypoints; median of --repeats runs after one
-  warm-up.
+  warm-up (``bench/timing.py``).
+
+The report starts with the machine (CPU, cores, torch threads, torch version) and its load average before and
+after, since the figures are only as good as the machine was quiet.
 
 Memory: each variant runs in a fresh subprocess; its peak is the growth of the process's peak resident set
-size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) over its value right after the features were built.
+size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) over its value right after the features were built, after
+ONE call (what a user's single call costs); the peak after the timing repeats is shown beside it (the allocator
+keeps part of what it freed, so it creeps up).
 tracemalloc does not see torch's CPU allocations; peak RSS does (large tensors are mmap'ed and counted), and
 it includes allocator overheads and temporaries - what the machine actually had to provide.
 """
@@ -24,11 +29,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from timing import median_seconds
 
 CHANNELS = 3072
 KEYPOINTS = 20
@@ -51,11 +60,28 @@ def main() -> int:
     plan = [("fast", 640), ("exact", 640), ("fast", 1024), ("exact", 1024)]
     if not args.skip_literal:
         plan.insert(0, ("literal", 640))
+    load_before = os.getloadavg()
     for variant, size in plan:
         print(f"running {variant} at {size} px ...", file=sys.stderr, flush=True)
         results[(variant, size)] = spawn(variant, size, args)
+    print(machine(load_before, os.getloadavg()))
     report(results, args)
     return 0
+
+
+def machine(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> str:
+    """One line naming the machine the figures come from."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
+            f"threads, Python {platform.python_version()}; load average (1 min) {load_before[0]:.1f} before, "
+            f"{load_after[0]:.1f} after")
 
 
 def spawn(variant: str, size: int, args) -> dict:
@@ -84,19 +110,21 @@ def run_worker(variant: str, size: int, repeats: int, literal_keypoints: int) ->
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if variant == "literal":
         result = literal_loop(source, target, size, points[:literal_keypoints])
-    else:
-        from ditf_core.matching import match_points
+        return {**result, "peak_mb": _growth(baseline)}
+    from ditf_core.matching import match_points
 
-        src, trg = DiTFeatures(source, mapping), DiTFeatures(target, mapping)
-        match_points(src, trg, points.float(), mode=variant)  # warm-up
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            found = match_points(src, trg, points.float(), mode=variant)
-            times.append(time.perf_counter() - started)
-        result = {"seconds": statistics.median(times), "points": found.points[0].tolist()}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {**result, "peak_mb": max(0, peak - baseline) / 1024.0}  # ru_maxrss is in KiB on Linux
+    src, trg = DiTFeatures(source, mapping), DiTFeatures(target, mapping)
+    found = match_points(src, trg, points.float(), mode=variant)
+    one_call = _growth(baseline)  # what one call costs a fresh process: the figure a user meets
+    seconds = median_seconds(lambda: match_points(src, trg, points.float(), mode=variant), repeats)
+    # The allocator keeps part of what it freed, so the peak creeps up over repeated calls: reported beside it.
+    return {"seconds": seconds, "points": found.points[0].tolist(), "peak_mb": one_call,
+            "peak_mb_after_repeats": _growth(baseline)}
+
+
+def _growth(baseline_kib: int) -> float:
+    """Growth of the process's peak resident set size since ``baseline_kib``, in MB (ru_maxrss is in KiB)."""
+    return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kib) / 1024.0
 
 
 def literal_loop(source, target, size: int, points) -> dict:
@@ -130,10 +158,12 @@ def literal_loop(source, target, size: int, points) -> dict:
 def report(results: dict, args) -> None:
     fast640, exact640 = results[("fast", 640)], results[("exact", 640)]
     fast1024, exact1024 = results[("fast", 1024)], results[("exact", 1024)]
-    print(f"C = {CHANNELS}, {KEYPOINTS} keypoints; time = median of {args.repeats} runs; memory = peak RSS growth")
-    print(f"{'variant':<10} {'size':>6} {'time (s)':>10} {'peak (MB)':>10}")
+    print(f"C = {CHANNELS}, {KEYPOINTS} keypoints; time = median of {args.repeats} runs after a warm-up (the literal "
+          "loop: see below); memory = peak RSS growth")
+    print(f"{'variant':<10} {'size':>6} {'time (s)':>10} {'peak (MB)':>10} {'after repeats (MB)':>19}")
     for (variant, size), r in results.items():
-        print(f"{variant:<10} {size:>6} {r['seconds']:>10.4f} {r['peak_mb']:>10.1f}")
+        after = f"{r['peak_mb_after_repeats']:.1f}" if "peak_mb_after_repeats" in r else "-"
+        print(f"{variant:<10} {size:>6} {r['seconds']:>10.4f} {r['peak_mb']:>10.1f} {after:>19}")
     cell = 640 / SIZES[640]
     near = sum(max(abs(a - b) for a, b in zip(p, q)) <= cell for p, q in zip(fast640["points"], exact640["points"]))
     print(f"fast within one feature cell of exact at 640 px: {near}/{KEYPOINTS} keypoints (i.i.d. random features "

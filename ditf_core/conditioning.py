@@ -18,12 +18,16 @@ import torch
 from torch import nn
 
 from .families import family_for
+from .wording import first_line
 
 CACHE_SIZE = 16
 
 
 class CachedPromptEncoder:
-    """Base class: memoises ``encode(prompt)`` per prompt (LRU); ``encode_calls`` counts real encodes."""
+    """Base class: memoises ``encode(prompt)`` per prompt (LRU); ``encode_calls`` counts real encodes.
+    ``encodes_prompts`` is False for encoders whose result does not depend on the prompt."""
+
+    encodes_prompts = True
 
     def __init__(self) -> None:
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -54,6 +58,8 @@ class CachedPromptEncoder:
 class ZeroPromptEncoder(CachedPromptEncoder):
     """Zero text tokens and pooled vector of the transformer's expected sizes (any prompt gives the same)."""
 
+    encodes_prompts = False
+
     def __init__(self, transformer: nn.Module, tokens: int | None = None) -> None:
         super().__init__()
         family = family_for(transformer)
@@ -76,6 +82,8 @@ class ZeroPromptEncoder(CachedPromptEncoder):
 class FixedPromptEncoder(CachedPromptEncoder):
     """Precomputed conditioning used for every prompt."""
 
+    encodes_prompts = False
+
     def __init__(self, text_embeds: torch.Tensor, pooled: torch.Tensor) -> None:
         super().__init__()
         if text_embeds.ndim == 2:
@@ -92,10 +100,14 @@ class FixedPromptEncoder(CachedPromptEncoder):
         path = Path(path)
         if not path.is_file() or path.suffix != ".safetensors":
             raise ValueError(f"text embeddings must be a .safetensors file with 'text_embeds' and 'pooled': {path}")
-        tensors = load_file(str(path))
+        try:
+            tensors = load_file(str(path))
+        except Exception as error:  # safetensors raises its own SafetensorError for a damaged or truncated file
+            raise ValueError(f"{path} is not a readable .safetensors file ({first_line(error)})") from None
         missing = {"text_embeds", "pooled"} - tensors.keys()
         if missing:
-            raise ValueError(f"{path} lacks tensor(s) {sorted(missing)}; expected 'text_embeds' and 'pooled'")
+            raise ValueError(f"{path} lacks {' and '.join(map(repr, sorted(missing)))}; expected tensors 'text_embeds' "
+                             "and 'pooled'")
         return cls(tensors["text_embeds"], tensors["pooled"])
 
     def __call__(self, prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:

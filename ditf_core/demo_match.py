@@ -12,52 +12,75 @@ from PIL import Image
 from .images import pil_to_tensor, tensor_to_pil
 from .matching import match_dense, match_points
 from .matching.draw import draw_matches
-from .visualize import labelled_grid
+from .outputs import save_image
+from .visualize import captioned_grid
 from .warping import confident_matches, fit_homography, transfer_appearance, warp_homography, warp_tps, warp_to_target
 
 PCK_ALPHA = 0.10
+MODES_SHOWN = ("fast", "exact")
+MARKER_RADIUS = 6  # px on the 384 x 288 scenes
 
 
-def run_match_demo(out: Path, scene_a: Image.Image, scene_b: Image.Image, truth: np.ndarray, features_a, features_b):
+def run_match_demo(out: Path, scene_a: Image.Image, scene_b: Image.Image, truth: np.ndarray, features_a, features_b,
+                   *, model_note: str = ""):
     """Match A -> B, write ``matches.png`` and ``warps.png``, return (summary lines, numbers for summary.json).
 
-    truth: the 3x3 matrix taking A pixels to B pixels.
+    truth: the 3x3 matrix taking A pixels to B pixels. model_note: said under the pictures' titles (e.g. that the
+    model has random weights).
     """
     points = keypoint_grid(scene_a.size)
     expected = _apply(truth, points)
     threshold = PCK_ALPHA * max(scene_b.size)
-    numbers, lines = {}, []
-    for mode in ("fast", "exact"):
-        matches = match_points(features_a, features_b, points, mode=mode)
-        error = (matches.points[0] - expected).norm(dim=-1)
-        numbers[mode] = {"mean_error_px": round(float(error.mean()), 2), "pck@0.10": float((error <= threshold).float().mean())}
-        if mode == "fast":
-            draw_matches(scene_a, scene_b, points, matches.points[0]).save(out / "matches.png")
-    lines.append(
-        f"  keypoints A->B ({len(points)} points, truth known): "
-        + ", ".join(f"{m} mean error {v['mean_error_px']} px, PCK@0.10 {v['pck@0.10']:.2f}" for m, v in numbers.items())
-    )
+    numbers, rows = {}, []
+    for mode in MODES_SHOWN:
+        found = match_points(features_a, features_b, points, mode=mode).points[0]
+        error = (found - expected).norm(dim=-1)
+        correct = error <= threshold
+        numbers[mode] = {"mean_error_px": round(float(error.mean()), 2), "pck@0.10": float(correct.float().mean())}
+        picture = draw_matches(scene_a, scene_b, points, found, expected=expected, correct=correct, lines=False,
+                               radius=MARKER_RADIUS)
+        rows.append((f"mode {mode}: {int(correct.sum())} of {len(points)} matches correct at PCK@{PCK_ALPHA:.2f} "
+                     f"(mean error {float(error.mean()):.0f} px)",
+                     [(f"left: A with {len(points)} keypoints; right: B with the match of each", picture)]))
+    save_image(captioned_grid(rows, title=f"Keypoint matches A -> B{model_note}", footer=[
+        "Each keypoint of A and its match in B share a colour. Ring around a match: green = correct (within "
+        f"{PCK_ALPHA:.2f} x {max(scene_b.size)} px = {threshold:.0f} px of the true position), red = incorrect (a "
+        "red line leads to the true position). Cross: the true position (B is A rotated, scaled and shifted by a "
+        "known transform).",
+    ]), out / "matches.png")
+    lines = [f"  keypoints A->B ({len(points)} points, truth known): " + ", ".join(
+        f"{m} mean error {v['mean_error_px']} px, PCK@0.10 {v['pck@0.10']:.2f}" for m, v in numbers.items())]
 
     dense = match_dense(features_a, features_b)
     image_a, image_b = pil_to_tensor(scene_a)[None], pil_to_tensor(scene_b)[None]
-    flow = warp_to_target(image_a, dense)
+    width, height = scene_b.size
     source, target = confident_matches(dense, max_points=64)
-    rows = [("B, and A warped onto B's layout by the dense flow", [scene_b, tensor_to_pil(flow[0])])]
     numbers["confident_cells"] = int(len(source))
+    rows = [("Dense matches: every feature cell of B finds its best match in A", [
+        ("B, the target", scene_b),
+        ("A warped onto B's layout by the dense flow", tensor_to_pil(warp_to_target(image_a, dense)[0])),
+    ])]
     if len(source) >= 5:
         homography, inliers = fit_homography(source, target, threshold=max(features_b.mapping.cell_size))
-        rows.append(("RANSAC homography from mutual nearest neighbours; thin-plate spline through its inliers", [
-            tensor_to_pil(warp_homography(image_a, homography, scene_b.size)[0]),
-            tensor_to_pil(warp_tps(image_a, source[inliers], target[inliers], scene_b.size)[0]),
+        kept = int(inliers.sum())
+        rows.append((f"From the {len(source)} confident matches (mutual nearest neighbours)", [
+            (f"A warped by the RANSAC homography ({kept} inliers)",
+             tensor_to_pil(warp_homography(image_a, homography, width=width, height=height)[0])),
+            (f"A warped by a thin-plate spline through those {kept} inliers",
+             tensor_to_pil(warp_tps(image_a, source[inliers], target[inliers], width=width, height=height)[0])),
         ]))
         corners = torch.tensor([[0.0, 0.0], [scene_a.width - 1.0, 0.0], [0.0, scene_a.height - 1.0],
                                 [scene_a.width - 1.0, scene_a.height - 1.0]])
         corner_error = (_apply(homography.numpy(), corners) - _apply(truth, corners)).norm(dim=-1).mean()
-        numbers["homography"] = {"inliers": int(inliers.sum()), "corner_error_px": round(float(corner_error), 1)}
-        lines.append(f"  dense: {len(source)} mutual-nearest cells used; homography: {int(inliers.sum())} "
+        numbers["homography"] = {"inliers": kept, "corner_error_px": round(float(corner_error), 1)}
+        lines.append(f"  dense: {len(source)} mutual-nearest cells used; homography: {kept} "
                      f"inliers, corners off by {corner_error:.1f} px on average")
-    rows.append(("appearance transfer: B's layout with A's colours", [tensor_to_pil(transfer_appearance(image_a, image_b, dense)[0])]))
-    labelled_grid(rows).save(out / "warps.png")
+    rows.append(("Appearance transfer", [
+        ("B's layout with A's colours, blended by match confidence",
+         tensor_to_pil(transfer_appearance(image_a, image_b, dense)[0])),
+        ("A, the source", scene_a),
+    ]))
+    save_image(captioned_grid(rows, title=f"Warps driven by the matches A -> B{model_note}"), out / "warps.png")
     return lines, numbers
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .mapping import PixelMapping
+from .outputs import atomic_path
 
 FORMAT_VERSION = 1
 
@@ -66,13 +67,14 @@ class DiTFeatures:
         }
 
     def save(self, path: str | Path) -> Path:
+        """Write a safetensors file atomically (a reader never sees half of it; see :mod:`ditf_core.outputs`)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensor = self.features.detach().to("cpu", torch.float32).contiguous()
-        save_file({"features": tensor}, str(path), metadata={"ditf": json.dumps(self.metadata(), sort_keys=True)})
-        return path
+        with atomic_path(path) as temporary:
+            metadata = {"ditf": json.dumps(self.metadata(), sort_keys=True)}
+            save_file({"features": tensor}, str(temporary), metadata=metadata)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> DiTFeatures:

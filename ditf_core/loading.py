@@ -7,6 +7,11 @@ Accepted:
 * a single ``.safetensors`` transformer file (BFL / Stability / diffusers key layout) plus ``vae=``; its diffusers
   config comes from ``config=`` or, for the known releases, from the presets in ``ditf_core/configs``.
 
+Three steps, so that a command line can check everything before the slow part: :func:`find_model_files` resolves
+what the user named into the files of each part, :func:`probe_model` checks them without reading a weight (the
+configs, the header of every ``.safetensors`` file, the transformer built on the meta device for its structure),
+and :func:`load_model` reads the weights. ``DiTFPipeline.from_pretrained`` runs all three.
+
 ``load_blocks="auto"`` builds and reads only the transformer blocks an early-exit capture runs (0..k, k the deepest
 of ``layers``, see :mod:`ditf_core.block_loading`); ``"all"`` (the default) loads the whole transformer.
 """
@@ -15,57 +20,123 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .block_loading import load_through_block
 from .errors import DiTFInputError, UnsupportedModelError
-from .families import supported_families
+from .families import DiTFamily, family_for, supported_families
+from .wording import first_line
 
 CONFIGS = Path(__file__).parent / "configs"
 LOAD_BLOCKS = ("auto", "all")
 TRANSFORMER_CLASSES = ("FluxTransformer2DModel", "SD3Transformer2DModel")
+TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 NOT_LOCAL = "nothing is downloaded: give a local path"
 
 
-def load_pipeline(
-    path,
-    *,
-    vae=None,
-    config=None,
-    text_encoders: bool = True,
-    device=None,
-    dtype=None,
-    load_blocks: str = "all",
-    layers=None,
-):
-    """A :class:`~ditf_core.pipeline.DiTFPipeline` from local files (see the module docstring).
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where each part of a model is, resolved from what the user named; no weight has been read.
 
-    load_blocks: "all" or "auto" (only blocks 0..max(layers); without ``layers`` through the family's default layer
-    of the full model). A pipeline loaded with "auto" refuses deeper layers with a message saying to load "all".
+    transformer: a diffusers transformer folder or a single .safetensors file; config: the folder whose
+    config.json describes the transformer; vae: a diffusers VAE folder or a single .safetensors file;
+    text_folder: the pipeline folder whose text encoders encode prompts, or None (zero conditioning).
     """
-    from .pipeline import DiTFPipeline, resolve_device_dtype
 
-    device, dtype = resolve_device_dtype(device, dtype)
+    name: str
+    transformer: Path
+    config: Path
+    vae: Path
+    text_folder: Path | None
+
+
+@dataclass(frozen=True)
+class ModelProbe:
+    """What the files say before any weight is read. skeleton: the transformer built from its config on the meta
+    device (structure and config, no memory); family: its adapter."""
+
+    files: ModelFiles
+    skeleton: nn.Module
+    family: DiTFamily
+
+    @property
+    def encodes_prompts(self) -> bool:
+        return self.files.text_folder is not None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The parts a :class:`~ditf_core.pipeline.DiTFPipeline` is made of; prompt_encoder None: zero conditioning."""
+
+    transformer: nn.Module
+    vae: nn.Module
+    prompt_encoder: object | None
+    name: str
+
+
+def find_model_files(path, *, vae=None, config=None, text_encoders: bool = True) -> ModelFiles:
+    """Resolve ``path`` (and ``vae`` / ``config`` where it holds only a transformer) into :class:`ModelFiles`."""
     path = _existing(path, "model")
-    blocks = dict(load_blocks=load_blocks, layers=layers, device=device)
-    prompt_encoder = None
     if path.is_dir() and (path / "model_index.json").is_file():
         _check_pipeline_folder(path)
-        transformer = load_transformer(path / "transformer", dtype=dtype, **blocks)
-        vae_model = load_vae(vae if vae is not None else path / "vae", transformer=transformer)
-        if text_encoders:
-            prompt_encoder = load_prompt_encoder(path, transformer, dtype=dtype, device=device)
+        encoders = text_encoders and any((path / name).is_dir() for name in TEXT_ENCODER_FOLDERS)
+        return ModelFiles(path.name, path / "transformer", path / "transformer", _vae_files(vae or path / "vae"),
+                          path if encoders else None)
+    if path.is_dir():
+        config_dir = path
+        _class_name(path)  # a clear error for a folder that is not a diffusers model
     else:
-        transformer = load_transformer(path, config=config, dtype=dtype, **blocks)
-        if vae is None:
-            raise DiTFInputError(
-                f"{path} holds only a transformer; also give its VAE (vae=... / --vae), a diffusers VAE folder, "
-                "a pipeline folder with vae/, or a .safetensors VAE file"
-            )
-        vae_model = load_vae(vae, transformer=transformer)
-    return DiTFPipeline(transformer, vae_model, prompt_encoder, device=device, dtype=dtype, name=path.name)
+        _check_safetensors(path)
+        config_dir = _existing(config, "config") if config is not None else CONFIGS / transformer_preset(path)
+    if vae is None:
+        raise DiTFInputError(
+            f"{path} holds only a transformer; also give its VAE (vae=... / --vae), a diffusers VAE folder, "
+            "a pipeline folder with vae/, or a .safetensors VAE file"
+        )
+    return ModelFiles(path.name, path, config_dir, _vae_files(vae), None)
+
+
+def probe_model(files: ModelFiles) -> ModelProbe:
+    """Check every file of ``files`` without reading a weight, and build the transformer's skeleton."""
+    class_name = _class_name(files.config)
+    cls = _transformer_class(class_name, files.config)
+    for weights in _weight_files(files.transformer, "transformer"):
+        _read_header(weights, "transformer")
+    vae_config = _vae_config(files.vae, class_name)
+    if vae_config.get("latent_channels") != 16:
+        raise DiTFInputError(f"the VAE at {files.vae} has {vae_config.get('latent_channels')} latent channels; "
+                             "Flux and SD3 use 16-channel VAEs: give this model's own VAE")
+    for weights in _weight_files(files.vae, "VAE"):
+        _read_header(weights, "VAE")
+    if files.text_folder is not None:
+        for name in TEXT_ENCODER_FOLDERS:
+            for weights in sorted((files.text_folder / name).glob("*.safetensors")):
+                _read_header(weights, "text encoder")
+    with torch.device("meta"):
+        skeleton = cls.from_config(cls.load_config(str(files.config)))
+    return ModelProbe(files, skeleton, family_for(skeleton))
+
+
+def load_model(files: ModelFiles, *, device: torch.device, dtype: torch.dtype, load_blocks: str = "all",
+               layers=None) -> LoadedModel:
+    """Read the weights of ``files``: the transformer in ``dtype``, the VAE in float32, the text encoders if any.
+
+    load_blocks: "all" or "auto" (only blocks 0..max(layers); without ``layers`` through the family's default layer
+    of the full model), as :func:`load_transformer`.
+    """
+    config = files.config if files.transformer.is_file() else None
+    transformer = _loading("transformer", files.transformer, lambda: load_transformer(
+        files.transformer, config=config, dtype=dtype, load_blocks=load_blocks, layers=layers, device=device))
+    vae = _loading("VAE", files.vae, lambda: load_vae(files.vae, transformer=transformer))
+    prompt_encoder = None
+    if files.text_folder is not None:
+        prompt_encoder = _loading("text encoders", files.text_folder, lambda: load_prompt_encoder(
+            files.text_folder, transformer, dtype=dtype, device=device))
+    return LoadedModel(transformer, vae, prompt_encoder, files.name)
 
 
 def load_transformer(path, *, config=None, dtype=torch.float32, load_blocks="all", layers=None, device="cpu"):
@@ -94,28 +165,21 @@ def load_vae(path, *, transformer=None):
     """A diffusers ``AutoencoderKL`` (float32) from a folder, a pipeline folder's ``vae/`` or a .safetensors file."""
     from diffusers import AutoencoderKL
 
-    path = _existing(path, "vae")
+    path = _vae_files(path)
     if path.is_dir():
-        if (path / "model_index.json").is_file():
-            path = path / "vae"
-        if not (path / "config.json").is_file():
-            raise DiTFInputError(f"{path} is not a diffusers VAE folder (no config.json)")
         return AutoencoderKL.from_pretrained(str(path), **_local())
-    _check_safetensors(path)
-    # Single-file VAEs carry no config: Flux and SD3 VAEs differ only in their latent normalisation.
-    preset = "sd3-vae" if type(transformer).__name__.startswith("SD3") else "flux-vae"
+    preset = _vae_preset(type(transformer).__name__)
     return AutoencoderKL.from_single_file(str(path), config=str(CONFIGS / preset), **_local(safetensors=False))
 
 
 def load_prompt_encoder(folder: Path, transformer, *, dtype, device):
     """The pipeline's text encoders as a cached prompt encoder, or None when the folder has none."""
     from .conditioning import DiffusersPromptEncoder
-    from .families import family_for
 
-    if not any((folder / name).is_dir() for name in ("text_encoder", "text_encoder_2", "text_encoder_3")):
+    if not any((folder / name).is_dir() for name in TEXT_ENCODER_FOLDERS):
         return None
     family = family_for(transformer)
-    index = json.loads((folder / "model_index.json").read_text())
+    index = _read_json(folder / "model_index.json")
     pipeline_class = _pipeline_class(index.get("_class_name", ""), family.name)
     with warnings.catch_warnings():
         # diffusers 0.42 renames torch_dtype to dtype; older releases (>= 0.32, which we support) know only torch_dtype
@@ -126,10 +190,7 @@ def load_prompt_encoder(folder: Path, transformer, *, dtype, device):
 
 def transformer_preset(path: Path) -> str:
     """The preset config for a known single-file transformer release, judged from its tensor names."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        keys = {key.removeprefix("model.diffusion_model.") for key in handle.keys()}
+    keys = {key.removeprefix("model.diffusion_model.") for key in _read_header(Path(path), "transformer")}
     if "double_blocks.0.img_attn.qkv.weight" in keys or "single_transformer_blocks.0.norm.linear.weight" in keys:
         double = _count(keys, "double_blocks.") or _count(keys, "transformer_blocks.")
         single = _count(keys, "single_blocks.") or _count(keys, "single_transformer_blocks.")
@@ -147,6 +208,73 @@ def transformer_preset(path: Path) -> str:
     raise UnsupportedModelError(
         f"{path} does not look like a Flux or SD3/SD3.5 transformer; supported: {supported_families()}"
     )
+
+
+def _vae_files(path) -> Path:
+    """The VAE part of what the user named: a VAE folder, a pipeline folder's vae/, or a .safetensors file."""
+    path = _existing(path, "vae")
+    if path.is_dir():
+        if (path / "model_index.json").is_file():
+            path = path / "vae"
+        if not (path / "config.json").is_file():
+            raise DiTFInputError(f"{path} is not a diffusers VAE folder (no config.json)")
+        return path
+    _check_safetensors(path)
+    return path
+
+
+def _vae_config(path: Path, transformer_class: str) -> dict:
+    """The VAE's config: its folder's, or for a single file the preset its transformer's family uses."""
+    folder = path if path.is_dir() else CONFIGS / _vae_preset(transformer_class)
+    return _read_json(folder / "config.json")
+
+
+def _vae_preset(transformer_class: str) -> str:
+    # Single-file VAEs carry no config: Flux and SD3 VAEs differ only in their latent normalisation.
+    return "sd3-vae" if transformer_class.startswith("SD3") else "flux-vae"
+
+
+def _weight_files(path: Path, what: str) -> list[Path]:
+    """The .safetensors files of a model folder (or the file itself); a folder without any is refused."""
+    if path.is_file():
+        return [path]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise DiTFInputError(f"the {what} folder {path} holds no .safetensors weights (only .safetensors are "
+                             "read); convert the weights or give another folder")
+    return files
+
+
+def _read_header(path: Path, what: str) -> set[str]:
+    """The tensor names of a .safetensors file, reading only its header; a damaged file is refused."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return set(handle.keys())
+    except Exception as error:  # safetensors raises its own SafetensorError for a damaged or truncated file
+        raise DiTFInputError(f"the {what} file {path} is not a readable .safetensors file ({first_line(error)}); "
+                             "it may be truncated or not a safetensors file: download or convert it again") from None
+
+
+def _loading(what: str, path: Path, load):
+    """``load()``, with any error of the file readers turned into one message naming the file."""
+    try:
+        return load()
+    except DiTFInputError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise DiTFInputError(f"could not load the {what} from {path}: {first_line(error)}") from error
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DiTFInputError(f"{path} is not a readable JSON file ({error}); download it again") from None
+    if not isinstance(data, dict):
+        raise DiTFInputError(f"{path} is not a diffusers config (a JSON object expected)")
+    return data
 
 
 def _local(dtype=None, *, safetensors: bool = True) -> dict:
@@ -184,7 +312,7 @@ def _check_safetensors(path: Path) -> None:
 def _check_pipeline_folder(folder: Path) -> None:
     if (folder / "transformer").is_dir():
         return
-    pipeline = json.loads((folder / "model_index.json").read_text()).get("_class_name", "pipeline")
+    pipeline = _read_json(folder / "model_index.json").get("_class_name", "pipeline")
     if (folder / "unet").is_dir():
         raise UnsupportedModelError(
             f"{folder} is a {pipeline} (a UNet diffusion model, not a Diffusion Transformer); "
@@ -199,7 +327,7 @@ def _class_name(folder: Path) -> str:
         raise DiTFInputError(
             f"{folder} is not a diffusers model folder (no config.json / model_index.json with transformer/)"
         )
-    return json.loads(config.read_text()).get("_class_name", "")
+    return _read_json(config).get("_class_name", "")
 
 
 def _transformer_class(class_name: str, where: Path):

@@ -22,6 +22,7 @@ from .errors import DiTFInputError
 from .features import DiTFeatures
 from .families import DiTFamily, FamilyDefaults, family_for
 from .images import as_image_batch, resize_for_model
+from .loading import ModelFiles, find_model_files, load_model, probe_model
 from .mapping import PixelMapping
 from .massive import find_massive_channels
 from .micro_batch import auto_micro_batch
@@ -96,11 +97,30 @@ class DiTFPipeline:
 
     # --- constructors -----------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path, **kwargs) -> DiTFPipeline:
-        """Load from a local diffusers folder or a single .safetensors file (see :mod:`ditf_core.loading`)."""
-        from .loading import load_pipeline
+    def from_pretrained(
+        cls, path, *, vae=None, config=None, text_encoders: bool = True, device=None, dtype=None,
+        load_blocks: str = "all", layers: Sequence[int] | None = None,
+    ) -> DiTFPipeline:
+        """Load from a local diffusers folder or a single .safetensors transformer (see :mod:`ditf_core.loading`).
 
-        return load_pipeline(path, **kwargs)
+        vae: the VAE (folder or .safetensors) when ``path`` holds only a transformer; config: the diffusers config
+        folder of a single-file transformer that is not a known release; text_encoders: use the folder's text
+        encoders for prompts (False: zero conditioning). Every file is checked before any weight is read.
+        load_blocks: "all", or "auto" for only the transformer blocks 0..max(layers) (without ``layers``: through
+        the family's default layer); such a pipeline refuses deeper layers with a message saying to load "all".
+        """
+        files = find_model_files(path, vae=vae, config=config, text_encoders=text_encoders)
+        probe_model(files)
+        return cls.from_files(files, device=device, dtype=dtype, load_blocks=load_blocks, layers=layers)
+
+    @classmethod
+    def from_files(cls, files: ModelFiles, *, device=None, dtype=None, load_blocks: str = "all",
+                   layers: Sequence[int] | None = None) -> DiTFPipeline:
+        """Load model files already found by :func:`~ditf_core.loading.find_model_files` (and checked);
+        load_blocks / layers as :meth:`from_pretrained`."""
+        device, dtype = resolve_device_dtype(device, dtype)
+        parts = load_model(files, device=device, dtype=dtype, load_blocks=load_blocks, layers=layers)
+        return cls(parts.transformer, parts.vae, parts.prompt_encoder, device=device, dtype=dtype, name=parts.name)
 
     @classmethod
     def demo(cls, seed: int = 0, **kwargs) -> DiTFPipeline:
@@ -134,9 +154,26 @@ class DiTFPipeline:
                 "text": self.prompt_encoder.description}
 
     # --- extraction -------------------------------------------------------------------------------------
+    @property
+    def encodes_prompts(self) -> bool:
+        """Whether a prompt changes the conditioning: False for zero or fixed precomputed conditioning."""
+        return getattr(self.prompt_encoder, "encodes_prompts", True)
+
     def settings(self, **settings) -> ExtractSettings:
-        """Validate the settings and fill in the family defaults (see :func:`resolve_settings`)."""
-        return resolve_settings(self.defaults, **settings)
+        """Validate the settings and fill in the family defaults (see :func:`resolve_settings`).
+
+        A prompt is refused when this pipeline's conditioning ignores prompts, so that no record ever names a
+        prompt that was not used."""
+        resolved = resolve_settings(self.defaults, **settings)
+        if self.encodes_prompts:
+            return resolved
+        if resolved.prompt.strip():
+            raise DiTFInputError(
+                f"prompt {resolved.prompt!r} cannot be used: this pipeline has {self.prompt_encoder.description}, "
+                "which ignores prompts; load a diffusers pipeline folder that has its text encoders "
+                "(text_encoders=True) to use prompts, or leave the prompt empty"
+            )
+        return replace(resolved, prompt="")
 
     @torch.no_grad()
     def extract(
@@ -247,6 +284,11 @@ class DiTFPipeline:
         samples = mean + std * draw_noise((ensemble, *mean.shape), generator)
         config = self.vae.config
         return (samples - (config.shift_factor or 0.0)) * config.scaling_factor
+
+
+def load_pipeline(path, **options) -> DiTFPipeline:
+    """:meth:`DiTFPipeline.from_pretrained` as a function (exported as ``ditf_core.load_pipeline``)."""
+    return DiTFPipeline.from_pretrained(path, **options)
 
 
 def draw_noise(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:

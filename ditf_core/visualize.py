@@ -1,4 +1,5 @@
-"""Pictures of features: PCA to RGB (one joint projection, so colours agree across images) and side-by-sides."""
+"""Pictures of features: PCA to RGB (one joint projection, so colours agree across images), side-by-sides and
+captioned sheets of pictures."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .images import tensor_to_pil
+
+WHITE = (255, 255, 255)
+CAPTION_SIZE = 15  # px: legible beside 384 px pictures
+HEADING_SIZE = 16
+TITLE_SIZE = 19
 
 
 def pca_rgb(maps: Sequence[torch.Tensor], *, low: float = 0.01, high: float = 0.99) -> list[torch.Tensor]:
@@ -61,7 +67,7 @@ def upsample_rgb(rgb: torch.Tensor, size: tuple[int, int]) -> Image.Image:
     return tensor_to_pil(image)
 
 
-def side_by_side(images: Sequence[Image.Image], gap: int = 4, background=(255, 255, 255)) -> Image.Image:
+def side_by_side(images: Sequence[Image.Image], gap: int = 4, background=WHITE) -> Image.Image:
     """Images left to right on one canvas, top-aligned."""
     width = sum(image.width for image in images) + gap * (len(images) - 1)
     height = max(image.height for image in images)
@@ -73,19 +79,88 @@ def side_by_side(images: Sequence[Image.Image], gap: int = 4, background=(255, 2
     return canvas
 
 
-def labelled_grid(rows: Sequence[tuple[str, Sequence[Image.Image]]], gap: int = 6, label_height: int = 16) -> Image.Image:
-    """Rows of images, each row under a one-line label, on a white canvas."""
+def captioned_grid(
+    rows: Sequence[tuple[str, Sequence[tuple[str, Image.Image]]]],
+    *,
+    title: str = "",
+    footer: Sequence[str] = (),
+    gap: int = 10,
+) -> Image.Image:
+    """A sheet of pictures a newcomer can read, on white: ``title`` on top, then the rows, then ``footer`` lines
+    (a legend, a note).
+
+    rows: ``(heading, [(caption, picture), ...])``; the heading ("" for none) spans the row, each caption sits above
+    its own picture. Text is wrapped to the space it has, at :data:`CAPTION_SIZE` px (headings and title larger).
+    """
     strips = []
-    for label, images in rows:
-        strip = side_by_side(images, gap=gap)
-        canvas = Image.new("RGB", (strip.width, strip.height + label_height), (255, 255, 255))
-        ImageDraw.Draw(canvas).text((2, 2), label, fill=(0, 0, 0))
-        canvas.paste(strip, (0, label_height))
-        strips.append(canvas)
+    for heading, panels in rows:
+        columns = []
+        for caption, picture in panels:
+            label = text_block(caption, picture.width, CAPTION_SIZE)
+            column = Image.new("RGB", (picture.width, label.height + picture.height), WHITE)
+            column.paste(label, (0, 0))
+            column.paste(picture.convert("RGB"), (0, label.height))
+            columns.append(column)
+        strip = side_by_side(columns, gap=gap)
+        if heading:
+            strip = _stack([text_block(heading, strip.width, HEADING_SIZE, bold=True), strip], gap=2)
+        strips.append(strip)
     width = max(strip.width for strip in strips)
-    grid = Image.new("RGB", (width, sum(strip.height for strip in strips) + gap * (len(strips) - 1)), (255, 255, 255))
+    parts = ([text_block(title, width, TITLE_SIZE, bold=True)] if title else []) + strips
+    parts += [text_block(line, width, CAPTION_SIZE) for line in footer]
+    sheet = _stack(parts, gap=gap)
+    canvas = Image.new("RGB", (sheet.width + 2 * gap, sheet.height + 2 * gap), WHITE)
+    canvas.paste(sheet, (gap, gap))
+    return canvas
+
+
+def text_block(text: str, width: int, size: int = CAPTION_SIZE, *, bold: bool = False) -> Image.Image:
+    """``text`` wrapped to ``width`` pixels, black on white, as a picture of its own height."""
+    font = caption_font(size)
+    lines = wrap_text(text, font, width)
+    line_height = round(size * 1.3)
+    block = Image.new("RGB", (width, line_height * len(lines) + 4), WHITE)
+    draw = ImageDraw.Draw(block)
+    for row, line in enumerate(lines):
+        position = (0, 2 + row * line_height)
+        draw.text(position, line, fill=(0, 0, 0), font=font)
+        if bold:  # the default font has no bold face: a second pass one pixel over thickens the strokes
+            draw.text((position[0] + 1, position[1]), line, fill=(0, 0, 0), font=font)
+    return block
+
+
+def wrap_text(text: str, font, width: int) -> list[str]:
+    """Greedy word wrap of ``text`` to lines no wider than ``width`` pixels in ``font`` (a long word gets its own
+    line)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and font.getlength(candidate) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
+
+
+def caption_font(size: int):
+    """Pillow's built-in scalable font at ``size`` px (no font file needed); the fixed small bitmap font on Pillow
+    older than 10.1, which cannot scale it."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _stack(parts: Sequence[Image.Image], gap: int) -> Image.Image:
+    """Pictures top to bottom, left-aligned, on white."""
+    canvas = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts) + gap * (len(parts) - 1)),
+                       WHITE)
     y = 0
-    for strip in strips:
-        grid.paste(strip, (0, y))
-        y += strip.height + gap
-    return grid
+    for part in parts:
+        canvas.paste(part, (0, y))
+        y += part.height + gap
+    return canvas

@@ -76,16 +76,16 @@ def confident_matches(
 
 
 def warp_tps(
-    image: torch.Tensor, source_points: torch.Tensor, target_points: torch.Tensor, target_size: tuple[int, int]
+    image: torch.Tensor, source_points: torch.Tensor, target_points: torch.Tensor, *, width: int, height: int
 ) -> torch.Tensor:
     """Thin-plate-spline warp of ``image`` [B, C, H_s, W_s] that carries source_points [K, 2] onto
-    target_points [K, 2] (pixels), rendered at ``target_size`` (W_t, H_t) -> [B, C, H_t, W_t].
+    target_points [K, 2] (pixels), rendered at ``width`` x ``height`` -> [B, C, height, width].
 
     Needs at least 3 non-collinear pairs; a target point given twice keeps its first pair (repeats make
     kornia's spline system singular).
     """
     _check_image(image, None, "image")
-    width, height = _size(target_size, "target_size")
+    width, height = _size(width, height)
     source, target = _check_pairs(source_points, target_points, minimum=3)
     _, first = _unique_rows(target.round(decimals=3))  # a repeated target point makes the system singular
     source, target = source[first], target[first]
@@ -127,11 +127,11 @@ def fit_homography(
     return homography / homography[2, 2], inliers
 
 
-def warp_homography(image: torch.Tensor, homography: torch.Tensor, target_size: tuple[int, int]) -> torch.Tensor:
-    """``image`` [B, C, H_s, W_s] warped by a source->target pixel homography [3, 3] or [B, 3, 3]
-    -> [B, C, H_t, W_t] with (W_t, H_t) = target_size."""
+def warp_homography(image: torch.Tensor, homography: torch.Tensor, *, width: int, height: int) -> torch.Tensor:
+    """``image`` [B, C, H_s, W_s] warped by a source->target pixel homography [3, 3] or [B, 3, 3], rendered at
+    ``width`` x ``height`` -> [B, C, height, width]."""
     _check_image(image, None, "image")
-    width, height = _size(target_size, "target_size")
+    width, height = _size(width, height)
     if homography.shape[-2:] != (3, 3) or homography.ndim not in (2, 3):
         raise DiTFInputError(f"homography must be [3, 3] or [B, 3, 3], got shape {list(homography.shape)}")
     matrix = homography.to(image.dtype).reshape(-1, 3, 3).expand(image.shape[0], -1, -1)
@@ -216,10 +216,12 @@ def _check_pairs(source, target, minimum: int) -> tuple[torch.Tensor, torch.Tens
     return source.to(torch.float32), target.to(torch.float32)
 
 
-def _size(size, name: str) -> tuple[int, int]:
-    if len(size) != 2 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in size):
-        raise DiTFInputError(f"{name} must be (width, height) in pixels, got {size!r}")
-    return int(size[0]), int(size[1])
+def _size(width, height) -> tuple[int, int]:
+    """The output size, by name: a (W, H) tuple in one argument was too easy to pass as (H, W)."""
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+            raise DiTFInputError(f"{name} must be a positive whole number of pixels, got {value!r}")
+    return int(width), int(height)
 
 
 def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,9 +4,10 @@ The only module of the pack that touches ModelPatcher and ``comfy.model_manageme
 
 * ``clone = model.clone()`` - the user's MODEL is never patched - and one
   ``clone.set_model_patch_replace(fn, "dit", "double_block" | "single_block", i)`` per requested block;
-* ``fn`` copies the image tokens entering the block (Flux single blocks see ``cat(txt, img)``; Flux blocks add
-  into their inputs in place, hence the copies) and the block's own AdaLN modulation computed by the block's own
-  module, then runs the original block - or raises a private ``StopForward`` at the deepest requested block;
+* ``fn`` hands over the image tokens entering the block and the block's own AdaLN modulation, computed by the
+  block's own module, then runs the original block - or raises a private ``StopForward`` at the deepest requested
+  block. What differs per family (patch keys, where the image tokens sit, how a block modulates) is described by
+  the family adapters in ``nodes/families``; this module is the mechanism;
 * ``clone.model.apply_model(x_t, sigma, transformer_options=<the clone's>, **conds)`` with ``sigma = t``:
   ComfyUI's flow models noise as ``sigma * noise + (1 - sigma) * x0``, the recipe's ``x_t``;
 * the clone is dropped afterwards, whatever happened, so nothing stays patched.
@@ -21,27 +22,19 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
-import comfy.model_base
 import comfy.model_management
 import comfy.utils
 import torch
-from comfy.ldm.flux.model import Flux as ComfyFlux
-from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 
 from ..ditf_core.capture import Consumer, check_reached
-from ..ditf_core.errors import UnsupportedModelError
 from ..ditf_core.families import DiTFamily, FamilyDefaults, Modulation
-from ..ditf_core.families.flux import FluxFamily
-from ..ditf_core.families.sd3 import SD3Family
 from ..ditf_core.images import resize_for_model
 from ..ditf_core.pipeline import draw_noise
 from ..ditf_core.recipe import EnsembleCapture, ProgressFn, average_over_ensemble
+from .families import ComfyFamily, HostShape, comfy_family_for
 from .model import DEFAULT_GUIDANCE, TextConditioning, parse_conditioning
-
-SUPPORTED = "Flux.1 dev / schnell (and other comfy.ldm.flux models) and SD3 / SD3.5 (MMDiT)"
 
 
 class StopForward(Exception):
@@ -52,19 +45,14 @@ class StopForward(Exception):
 class ComfyHost:
     """The user's MODEL (a ModelPatcher, never modified), VAE and optional CLIP, with what DiTF needs to know.
 
-    structure: the block lists in the layout ``ditf_core.families`` adapters read (``transformer_blocks`` /
-    ``single_transformer_blocks``), so block counts, split and defaults come from the same code as diffusers'.
+    adapter: the family's ComfyUI-host adapter (``nodes/families``); shape: what it read off the diffusion model.
     """
 
     model: Any
     vae: Any
     clip: Any
-    family: DiTFamily
-    structure: Any
-    hidden_size: int
-    context_dim: int
-    pooled_dim: int | None
-    max_tokens: int | None  # SD3: position embeddings cover at most this many tokens per side
+    adapter: ComfyFamily
+    shape: HostShape
     kind: str = "comfyui"
 
     @classmethod
@@ -77,47 +65,34 @@ class ComfyHost:
                 f"got {type(model).__name__}"
             )
         diffusion = model.get_model_object("diffusion_model")
-        if isinstance(base, comfy.model_base.Flux) and isinstance(diffusion, ComfyFlux):
-            host = cls._flux(model, vae, clip, diffusion)
-        elif isinstance(base, comfy.model_base.SD3) and isinstance(diffusion, MMDiT):
-            host = cls._mmdit(model, vae, clip, diffusion)
-        else:
-            raise UnsupportedModelError(
-                f"this MODEL is a {type(base).__name__} ({type(diffusion).__name__}), not a supported Diffusion "
-                f"Transformer; DiTF supports {SUPPORTED}. UNet models (SD1.5, SDXL) have no transformer blocks to read."
-            )
+        adapter = comfy_family_for(base, diffusion)
+        host = cls(model, vae, clip, adapter, adapter.shape(diffusion))
         host._check_vae()
         if clip is not None and not hasattr(clip, "encode_from_tokens_scheduled"):
             raise TypeError(f"clip must be a ComfyUI CLIP (from a CLIP loader), got {type(clip).__name__}")
         return host
 
-    @classmethod
-    def _flux(cls, model, vae, clip, flux) -> ComfyHost:
-        params = flux.params
-        if flux.patch_size != FluxFamily.patch:
-            raise UnsupportedModelError(f"this Flux uses {flux.patch_size}x{flux.patch_size} patches; DiTF needs 2x2")
-        structure = SimpleNamespace(
-            transformer_blocks=list(flux.double_blocks), single_transformer_blocks=list(flux.single_blocks)
-        )
-        return cls(model, vae, clip, FluxFamily(), structure, int(params.hidden_size), int(params.context_in_dim),
-                   int(params.vec_in_dim), None)
+    # --- what the rest of the pack reads (the same names as the diffusers host) ---------------------------
+    @property
+    def family(self) -> DiTFamily:
+        return self.adapter.core
 
-    @classmethod
-    def _mmdit(cls, model, vae, clip, mmdit) -> ComfyHost:
-        hidden = int(mmdit.hidden_size)
-        for index, block in enumerate(mmdit.joint_blocks):
-            chunks = block.x_block.adaLN_modulation[-1].out_features // hidden
-            if chunks not in (6, 9):  # (shift, scale, gate) x 2, or x 3 with SD3.5's second attention
-                raise UnsupportedModelError(
-                    f"joint block {index} of this MMDiT has an unsupported modulation ({chunks} chunks)"
-                )
-        embedder = mmdit.context_embedder
-        if not hasattr(embedder, "in_features"):
-            raise UnsupportedModelError("this MMDiT has no text context embedder; DiTF supports SD3 / SD3.5")
-        pooled = None if mmdit.y_embedder is None else int(mmdit.y_embedder.mlp[0].in_features)
-        structure = SimpleNamespace(transformer_blocks=list(mmdit.joint_blocks))
-        return cls(model, vae, clip, SD3Family(), structure, hidden, int(embedder.in_features), pooled,
-                   mmdit.pos_embed_max_size)
+    @property
+    def structure(self):
+        """The block lists in the layout ``ditf_core.families`` adapters read."""
+        return self.shape.structure
+
+    @property
+    def hidden_size(self) -> int:
+        return self.shape.hidden_size
+
+    @property
+    def context_dim(self) -> int:
+        return self.shape.context_dim
+
+    @property
+    def pooled_dim(self) -> int | None:
+        return self.shape.pooled_dim
 
     def _check_vae(self) -> None:
         if not hasattr(self.vae, "encode") or not hasattr(self.vae, "latent_channels"):
@@ -172,12 +147,13 @@ class ComfyHost:
         return key + (f":patches-{self.model.patches_uuid}" if self.model.patches else "")
 
     def check_grid(self, grid: tuple[int, int]) -> None:
-        """grid: (width, height) feature cells; SD3's position embeddings cap the token grid."""
-        if self.max_tokens is not None and max(grid) > self.max_tokens:
-            limit = self.max_tokens * self.family.patch * self.family.vae_factor
+        """grid: (width, height) feature cells; position embeddings (SD3) may cap the token grid."""
+        limit = self.shape.max_tokens
+        if limit is not None and max(grid) > limit:
+            pixels = limit * self.family.patch * self.family.vae_factor
             raise ValueError(
-                f"this SD3 model has position embeddings for at most {self.max_tokens}x{self.max_tokens} tokens "
-                f"({limit} px); lower the resolution"
+                f"this {self.family.label} has position embeddings for at most {limit}x{limit} tokens "
+                f"({pixels} px); lower the resolution"
             )
 
     def encode(self, pixels: torch.Tensor, mapping, ensemble: int, generator: torch.Generator) -> torch.Tensor:
@@ -210,11 +186,12 @@ class ComfyHost:
         reached: set[int] = set()
         consumer: list[Consumer] = []  # the running pass's consumer, read by the patches
         clone = self.model.clone()
+        blocks = self.family.blocks(self.structure)
         for layer in layers:
-            patch_fn = _capture_patch(consumer, reached, layer, self._block(layer), self._modulation_fn(layer),
-                                      start=context.shape[1] if self._is_single(layer) else 0,
-                                      tokens=grid[0] * grid[1], stop=layer == layers[-1])
-            clone.set_model_patch_replace(patch_fn, "dit", *self._patch_key(layer))
+            tokens = self.adapter.image_slice(self.structure, layer, context.shape[1], grid[0] * grid[1])
+            patch_fn = _capture_patch(consumer, reached, self.adapter, layer, blocks[layer], tokens,
+                                      stop=layer == layers[-1])
+            clone.set_model_patch_replace(patch_fn, "dit", *self.adapter.patch_key(self.structure, layer))
         base = clone.model
         shape = [batch, *latents.shape[2:]]
         comfy.model_management.load_models_gpu(
@@ -248,25 +225,9 @@ class ComfyHost:
             for layer, (hidden, mod) in averaged.items()
         }
 
-    # --- blocks -----------------------------------------------------------------------------------------
-    def _block(self, layer: int):
-        return self.family.blocks(self.structure)[layer]
-
-    def _is_single(self, layer: int) -> bool:
-        return layer >= self.family.split(self.structure)
-
-    def _patch_key(self, layer: int) -> tuple[str, int]:
-        if self._is_single(layer):
-            return "single_block", layer - self.family.split(self.structure)
-        return "double_block", layer
-
-    def _modulation_fn(self, layer: int):
-        if isinstance(self.family, SD3Family):
-            return _mmdit_modulation
-        return _flux_single_modulation if self._is_single(layer) else _flux_double_modulation
 
 
-def _capture_patch(consumer: list, reached: set, layer: int, block, modulation, *, start: int, tokens: int,
+def _capture_patch(consumer: list, reached: set, adapter: ComfyFamily, layer: int, block, tokens: slice, *,
                    stop: bool):
     """The replace patch for one block. It holds the block module and the consumer list, never the clone (a
     reference cycle would keep the clone alive in ComfyUI's loaded-model list)."""
@@ -275,33 +236,13 @@ def _capture_patch(consumer: list, reached: set, layer: int, block, modulation, 
         # Consumed at once (Flux blocks add into their inputs in place later). The vector handed over is the
         # block's (shift | scale | gate) [m, 3C]: ComfyUI blocks compute modulation with their own modules
         # (fp8, LoRA, offload), so it is taken from them rather than recomputed.
-        consumer[0](layer, args["img"][:, start : start + tokens], modulation(block, args["vec"]))
+        consumer[0](layer, args[adapter.stream_key][:, tokens], adapter.modulation(block, layer, args))
         reached.add(layer)
         if stop:
             raise StopForward
         return extra["original_block"](args)
 
     return patch
-
-
-def _flux_double_modulation(block, vec: torch.Tensor) -> torch.Tensor:
-    mod, _ = block.img_mod(vec)  # image stream, attention branch
-    return _flat(vec, mod.shift, mod.scale, mod.gate)
-
-
-def _flux_single_modulation(block, vec: torch.Tensor) -> torch.Tensor:
-    mod, _ = block.modulation(vec)
-    return _flat(vec, mod.shift, mod.scale, mod.gate)
-
-
-def _mmdit_modulation(block, vec: torch.Tensor) -> torch.Tensor:
-    out = block.x_block.adaLN_modulation(vec)
-    shift, scale, gate = out.chunk(out.shape[1] // vec.shape[1], dim=1)[:3]  # image (x) stream, attention
-    return _flat(vec, shift, scale, gate)
-
-
-def _flat(vec: torch.Tensor, *parts: torch.Tensor) -> torch.Tensor:
-    return torch.cat([part.reshape(vec.shape[0], -1) for part in parts], dim=1).float()
 
 
 def _sampled_bytes(parameter: torch.Tensor) -> bytes:
@@ -346,3 +287,10 @@ def make_room(num_bytes: int, device: torch.device) -> None:
     """Ask ComfyUI to offload its models until ``num_bytes`` fit on ``device`` (for models it does not manage)."""
     if device.type != "cpu":
         comfy.model_management.free_memory(num_bytes, device)
+
+
+def load_clip_vision(clip_vision) -> torch.device:
+    """Load a CLIP_VISION model (``comfy.clip_vision.ClipVisionModel``) onto its device the way CLIP Vision Encode
+    does, for a forward pass of our own (DINOv2 fusion); returns that device."""
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    return clip_vision.load_device

@@ -87,3 +87,15 @@ def broadcast_batch(sizes: Mapping[str, int]) -> int:
 def pick(index: int, size: int) -> int:
     """The item of a batch of ``size`` used for item ``index`` of the broadcast batch (a batch of 1 is shared)."""
     return 0 if size == 1 else index
+
+
+def check_feature_images(pixels: torch.Tensor, features, name: str = "image") -> torch.Tensor:
+    """``pixels`` [B, 3, H, W] must be the images ``features`` (DiTFeatures) were extracted from: same count, same
+    size. Returns ``pixels``."""
+    if pixels.shape[0] != features.batch:
+        raise DiTFInputError(
+            f"{name} holds {pixels.shape[0]} images but the features {features.batch}; connect the IMAGE that went "
+            "into the Extract DiTF Features node of these features"
+        )
+    check_image_size(pixels, features.mapping.image_size, name, "the features were extracted from images of")
+    return pixels

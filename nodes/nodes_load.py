@@ -9,8 +9,7 @@ import torch
 from comfy_api.latest import io
 from typing_extensions import override
 
-from ..ditf_core.loading import load_pipeline
-from ..ditf_core.pipeline import resolve_device_dtype
+from ..ditf_core.pipeline import load_pipeline, resolve_device_dtype
 from . import comfy_host
 from .checks import check_choice
 from .model import DiffusersHost, DiTFModel

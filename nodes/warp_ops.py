@@ -131,16 +131,17 @@ def _geometric_warp(dense, method: str, min_confidence: float, target_size):
             f"{MIN_HOMOGRAPHY_POINTS} for its RANSAC fit); lower min_confidence, or use method flow"
         )
     threshold = max(dense.target_mapping.cell_size)  # one feature cell: the matches' own precision
+    width, height = target_size
     homography, inliers = fit_homography(source, target, threshold=threshold)
     if method == "homography":
-        return (lambda pixels: warp_homography(pixels, homography, target_size)), int(inliers.sum())
+        return (lambda pixels: warp_homography(pixels, homography, width=width, height=height)), int(inliers.sum())
     if int(inliers.sum()) < MIN_TPS_POINTS:
         raise DiTFInputError(
             f"only {int(inliers.sum())} of {source.shape[0]} confident matches agree with a RANSAC homography; tps "
             f"needs {MIN_TPS_POINTS}: lower min_confidence, or use method flow"
         )
     src, trg = source[inliers], target[inliers]
-    return (lambda pixels: warp_tps(pixels, src, trg, target_size)), int(src.shape[0])
+    return (lambda pixels: warp_tps(pixels, src, trg, width=width, height=height)), int(src.shape[0])
 
 
 # --- LATENT output -----------------------------------------------------------------------------------------------

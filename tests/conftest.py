@@ -7,6 +7,7 @@ import torch
 from helpers import PLANTED
 
 from ditf_core.demo_model import build_tiny_flux, build_tiny_sd3, build_tiny_vae, plant_massive_activations
+from ditf_core.samples import sample_scene
 
 
 @pytest.fixture(autouse=True)
@@ -38,3 +39,13 @@ def planted_flux():
 @pytest.fixture
 def tiny_vae():
     return build_tiny_vae(seed=0)
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Two sample scenes as image files of different sizes: a.png (120 x 80) and b.png (90 x 90)."""
+    paths = []
+    for name, size in (("a", (120, 80)), ("b", (90, 90))):
+        paths.append(tmp_path / f"{name}.png")
+        sample_scene(size=size).save(paths[-1])
+    return paths

@@ -7,12 +7,13 @@ import json
 import pytest
 from test_eval import SETTINGS, SyntheticExtractor, make_spair, write_image
 
+from ditf_core.commands.extract_dataset import image_paths
 from ditf_core.dataset import Ranks, cache_path, device_for_rank, extract_on_ranks, missing_images, ranks_from_env
-from ditf_core.dataset.command import image_paths
 from ditf_core.dataset.progress import RankProgress
 from ditf_core.dataset.store import settings_folder
 from ditf_core.eval import evaluate, read_spair
 from ditf_core.eval.harness import evaluate_on_ranks, unique_images
+from ditf_core.outputs import TEMPORARY_SUFFIX
 
 
 @pytest.fixture
@@ -48,7 +49,8 @@ def test_a_rerun_extracts_only_missing_damaged_or_stale_entries(tmp_path, images
     cache_path(store, SETTINGS, images[0]).unlink()  # lost
     cache_path(store, SETTINGS, images[1]).write_bytes(b"\0" * 20)  # damaged
     write_image(images[2], (33, 40), (2, 1))  # the image changed size since it was stored
-    (settings_folder(store, SETTINGS) / "x.safetensors.123-ab.partial").write_bytes(b"")  # a killed writer's leftover
+    leftover = settings_folder(store, SETTINGS) / f".x.1234abcd{TEMPORARY_SUFFIX}.safetensors"
+    leftover.write_bytes(b"")  # what a writer killed mid-file leaves
     again = SyntheticExtractor()
     summary = extract_on_ranks(images, again, store, SETTINGS, show_progress=False)
     assert again.calls == 3 and (summary["stored_before"], summary["extracted"]) == (2, 3)
@@ -86,7 +88,7 @@ def test_images_from_a_folder_or_a_list_file(tmp_path, images):
     listing.write_text(f"# my images\nimages/im1.jpg\n\n{images[3]}\n")
     assert image_paths(listing) == [tmp_path / "images" / "im1.jpg", images[3]]
     listing.write_text("images/nope.jpg\n")
-    with pytest.raises(ValueError, match="1 image.* do not exist, e.g. .*nope.jpg"):
+    with pytest.raises(ValueError, match="lists 1 image that do.* not exist .e.g. .*nope.jpg"):
         image_paths(listing)
-    with pytest.raises(ValueError, match="neither a folder of images nor a text file"):
+    with pytest.raises(ValueError, match="missing does not exist; give a folder of images or a text file"):
         image_paths(tmp_path / "missing")

@@ -288,23 +288,30 @@ def test_border_keypoints_are_clamped_into_the_image(tmp_path):
     assert result["pairs"][0]["points"] == 4 and len(result["pairs"][0]["predicted"]) == 4
 
 
+class FakePipeline:
+    """Stands in for DiTFPipeline in the CLI (which must only need this surface): the synthetic extractor."""
+
+    name, device, dtype, loaded_depth = "fake", "cpu", torch.float32, 6
+
+    def __init__(self):
+        self.extractor = SyntheticExtractor()
+
+    def describe(self):
+        return {"family": "flux", "depth": 6, "hidden_size": 48, "text": "none", "config_sha256": "0"}
+
+    def settings(self, **kwargs):
+        return type("Settings", (), {"__dict__": {**kwargs, "layer": 1}})()
+
+    def extract(self, image, **kwargs):
+        return self.extractor(image)
+
+
 def test_cli_runs_the_harness_with_a_pipeline_it_loads_lazily(tmp_path, monkeypatch, capsys):
     import ditf_core.eval.__main__ as cli
+    from ditf_core import DiTFPipeline
 
-    class FakePipeline:  # stands in for DiTFPipeline: the CLI must only need this surface
-        name, device, dtype = "fake", "cpu", torch.float32
-        extractor = SyntheticExtractor()
-
-        def describe(self):
-            return {"family": "flux", "depth": 6, "hidden_size": 48, "text": "none", "config_sha256": "0"}
-
-        def settings(self, **kwargs):
-            return type("Settings", (), {"__dict__": {**kwargs, "layer": 1}})()
-
-        def extract(self, image, **kwargs):
-            return self.extractor(image)
-
-    monkeypatch.setattr(cli, "load_from_args", lambda args: FakePipeline())
+    pipeline = FakePipeline()
+    monkeypatch.setattr(DiTFPipeline, "demo", classmethod(lambda cls, **options: pipeline))
     root = make_spair(tmp_path / "spair")
     output = tmp_path / "out" / "result.json"
     argv = ["spair", str(root), "--demo", "--cache", str(tmp_path / "cache"), "--output", str(output), "--quiet"]
@@ -315,7 +322,7 @@ def test_cli_runs_the_harness_with_a_pipeline_it_loads_lazily(tmp_path, monkeypa
     assert data["dataset"] == "spair" and data["match"] == "exact"
     assert_summary(data["summary"])
     assert cli.main(argv) == 0  # rerun: every feature from the cache
-    assert FakePipeline.extractor.calls == 6
+    assert pipeline.extractor.calls == 6
     assert cli.main(["spair", str(root)]) == 2
     assert "no model: give --model PATH" in capsys.readouterr().err
     assert cli.main(["spair", str(root), "--demo", "--model", str(root)]) == 2

@@ -341,8 +341,8 @@ def test_cli_inspect_writes_report_and_pictures(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["inspect", *map(str, paths), "--demo", "--out", str(out), "--ensemble", "1", "--resolution", "96",
                  "--layers", "3,5"]) == 0
-    printed = capsys.readouterr().out
-    assert "resizing all images" in printed and "massive at blocks [2, 3, 4, 5]" in printed
+    printed = capsys.readouterr()
+    assert "note: resizing all images" in printed.err and "massive at blocks [2, 3, 4, 5]" in printed.out
     report = json.loads((out / "report.json").read_text())
     assert [entry["layer"] for entry in report["layers"]] == [3, 5]
     assert sorted(report["channels"]) == sorted(PLANTED) and report["model"]["family"] == "flux"

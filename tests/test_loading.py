@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from ditf_core import DiTFeatures, DiTFInputError, DiTFPipeline, PixelMapping, UnsupportedModelError
 from ditf_core.demo_model import build_tiny_flux, build_tiny_sd3, build_tiny_vae
-from ditf_core.loading import load_pipeline, transformer_preset
+from ditf_core import load_pipeline
+from ditf_core.loading import transformer_preset
 from ditf_core.samples import sample_scene
 
 SMALL = dict(resolution=96, ensemble=2, seed=5)

@@ -55,8 +55,8 @@ def test_one_vae_and_one_text_encode_per_image_and_prompt(scene):
     encodes = []
     original = pipeline.vae.encode
     pipeline.vae.encode = lambda x: encodes.append(x.shape[0]) or original(x)
-    pipeline.extract(scene, ensemble=8, resolution=128, prompt="a cat")
-    pipeline.extract([scene, scene], ensemble=8, resolution=128, prompt="a cat")
+    pipeline.extract(scene, ensemble=8, resolution=128)
+    pipeline.extract([scene, scene], ensemble=8, resolution=128)
     assert encodes == [1, 2]  # one encode per call, covering each image once, whatever E
     assert pipeline.prompt_encoder.encode_calls == 1  # zero conditioning: one encode, then cached
 

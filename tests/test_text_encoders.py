@@ -10,7 +10,7 @@ import torch
 
 from ditf_core.conditioning import DiffusersPromptEncoder, ZeroPromptEncoder
 from ditf_core.demo_model import build_tiny_flux, build_tiny_sd3, build_tiny_vae
-from ditf_core.loading import load_pipeline
+from ditf_core import load_pipeline
 from ditf_core.samples import sample_scene
 
 transformers = pytest.importorskip("transformers")
@@ -79,7 +79,9 @@ def test_prompts_go_through_the_folders_text_encoders(request, folder_fixture):
     assert text.shape[0] == 1 and text.shape[-1] == config.joint_attention_dim
     assert pooled.shape == (1, config.pooled_projection_dim)
     image = sample_scene(size=(64, 64))
-    cat = pipeline.extract(image, prompt="a photo of a cat", **SMALL).features
+    extracted = pipeline.extract(image, prompt="a photo of a cat", **SMALL)
+    assert extracted.settings["prompt"] == "a photo of a cat"  # recorded because the encoders really used it
+    cat = extracted.features
     dog = pipeline.extract(image, prompt="a photo of a dog", **SMALL).features
     again = pipeline.extract(image, prompt="a photo of a cat", **SMALL).features
     assert not torch.allclose(cat, dog)  # the prompt reaches the model

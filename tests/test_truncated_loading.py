@@ -10,10 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ditf_core import block_loading
-from ditf_core.cli import blocks_to_load, build_parser
 from ditf_core.cli import main as cli_main
 from ditf_core.demo_model import build_tiny_flux, build_tiny_sd3, build_tiny_vae
-from ditf_core.loading import load_pipeline
+from ditf_core import load_pipeline
 from ditf_core.samples import sample_scene
 
 SMALL = dict(resolution=64, ensemble=2, seed=3)
@@ -39,13 +38,14 @@ def folders(tmp_path_factory):
 
 @pytest.fixture
 def opened(monkeypatch):
-    """The safetensors files opened and the tensors read, while a test runs."""
-    record = {"files": [], "tensors": []}
+    """The tensors read, and the safetensors files they were read from, while a test runs (opening a file to read
+    its header, as the checks before a load do for every file, reads no tensor)."""
+    record = {"read_from": set(), "tensors": []}
     real = safetensors.safe_open
 
     class Spy:
         def __init__(self, path, *args, **kwargs):
-            record["files"].append(str(path))
+            self.path = str(path)
             self.handle = real(path, *args, **kwargs)
 
         def __enter__(self):
@@ -60,6 +60,7 @@ def opened(monkeypatch):
 
         def get_tensor(self, name):
             record["tensors"].append(name)
+            record["read_from"].add(self.path)
             return self.inner.get_tensor(name)
 
     monkeypatch.setattr(safetensors, "safe_open", Spy)
@@ -109,7 +110,7 @@ def test_shards_and_tensors_of_deeper_blocks_are_never_read(folders, opened):
     assert deeper and not set(deeper) & set(transformer_reads)
     assert sorted(transformer_reads) == sorted(set(weight_map) - set(deeper))  # each needed tensor, once
     only_deeper = {weight_map[n] for n in deeper} - {weight_map[n] for n in weight_map if n not in deeper}
-    assert only_deeper and not any(path.endswith(tuple(only_deeper)) for path in opened["files"])
+    assert only_deeper and not any(path.endswith(tuple(only_deeper)) for path in opened["read_from"])
 
 
 def test_single_file_in_the_diffusers_layout(tmp_path):
@@ -198,37 +199,67 @@ def test_original_layout_subset_converts_like_the_whole_file(tmp_path, opened, f
 
 
 # --- the command line: auto where early exit applies, everything for sweeps ----------------------------------------
-def test_the_command_line_loads_blocks_to_the_deepest_layer_asked_for(folders):
-    parser = build_parser()
-    model = ["--model", str(folders["flux"])]
-    assert blocks_to_load(parser.parse_args(["extract", "a.png", *model, "--layer", "2"]), False) == \
-        {"load_blocks": "auto", "layers": [2]}
-    assert blocks_to_load(parser.parse_args(["extract", "a.png", *model]), False) == \
-        {"load_blocks": "auto", "layers": None}  # the family default of the full model
-    assert blocks_to_load(parser.parse_args(["extract", "a.png", *model, "--load-blocks", "all"]), False) == \
-        {"load_blocks": "all"}
-    assert blocks_to_load(parser.parse_args(["inspect", *model, "--no-sweep", "--layers", "1,3"]), False) == \
-        {"load_blocks": "auto", "layers": [1, 3]}
+class Loading(Exception):
+    """Raised where the weights would be read: the command's checks passed, nothing else needs to run."""
+
+
+@pytest.fixture
+def asked(monkeypatch):
+    """(load_blocks, layers) of every model load a command asks for; the load stops the command."""
+    import ditf_core.pipeline as pipeline_module
+
+    calls = []
+
+    def stop(files, **options):
+        calls.append((options["load_blocks"], options["layers"]))
+        raise Loading
+
+    monkeypatch.setattr(pipeline_module, "load_model", stop)
+    return calls
+
+
+def test_each_command_loads_blocks_to_the_deepest_layer_it_captures(folders, tmp_path, asked):
+    from PIL import Image
+    from test_eval import make_spair
+
+    image, frames = tmp_path / "a.png", tmp_path / "frames"
+    Image.new("RGB", (64, 48), (20, 90, 160)).save(image)
+    frames.mkdir()
+    for index in range(2):
+        Image.new("RGB", (64, 48), (40 * index, 90, 160)).save(frames / f"{index}.png")
+    Image.new("L", (64, 48), 255).save(tmp_path / "mask.png")
+    spair = make_spair(tmp_path / "spair")
+    model = ["--model", str(folders["flux"]), "--resolution", "64"]
+    default = 3  # the tiny Flux's default layer k (of its 6 blocks)
+    commands = {
+        ("extract", str(image), "--layer", "2"): ("auto", [2]),
+        ("extract", str(image)): ("auto", [default]),
+        ("extract", str(image), "--load-blocks", "all"): ("all", [default]),
+        ("extract-dataset", str(tmp_path), "--layer", "1"): ("auto", [1]),
+        ("eval", "spair", str(spair), "--layer", "3"): ("auto", [3]),
+        ("inspect", str(image), "--no-sweep", "--layers", "1,3"): ("auto", [1, 3]),
+        ("inspect", str(image), "--no-sweep"): ("auto", [default]),
+        ("inspect", str(image)): ("all", None),  # the sweep runs every block
+        ("demo",): ("all", None),  # the demo sweeps too: it has no --load-blocks
+        ("propagate", str(frames), "--mask", str(tmp_path / "mask.png"), "--layer", "4"): ("auto", [4]),
+    }
+    for argv, expected in commands.items():
+        with pytest.raises(Loading):
+            cli_main([*argv, *model, "--out" if argv[0] != "eval" else "--cache", str(tmp_path / "out")])
+        assert asked[-1] == expected, argv
+    assert len(asked) == len(commands)
+
+
+def test_without_layers_auto_loads_through_the_family_default(folders):
     default = load_pipeline(folders["flux"], device="cpu", load_blocks="auto")
     assert default.loaded_depth == default.defaults.layer + 1 < default.depth
 
 
-def test_the_inspector_sweep_loads_every_block(folders, tmp_path, monkeypatch, capsys):
-    import ditf_core.loading as loading
-
-    loaded = []
-    real = loading.load_pipeline
-
-    def recording(*args, **kwargs):
-        loaded.append(real(*args, **kwargs))
-        return loaded[-1]
-
-    monkeypatch.setattr(loading, "load_pipeline", recording)
+def test_the_inspector_sweep_loads_every_block_and_the_banner_says_what_is_held(folders, tmp_path, capsys):
     argv = ["inspect", "--model", str(folders["flux"]), "--resolution", "64", "--ensemble", "1", "--out", str(tmp_path)]
     assert cli_main(argv) == 0
-    assert loaded[0].loaded_depth == loaded[0].depth == 6
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["sweep"]["layers"] == list(range(6))
+    assert "6 blocks," in capsys.readouterr().out
     assert cli_main([*argv, "--no-sweep", "--layers", "1"]) == 0
-    assert loaded[1].loaded_depth == 2
-    assert "[blocks 0..1 loaded]" in capsys.readouterr().out
+    assert "6 blocks [blocks 0..1 loaded]" in capsys.readouterr().out

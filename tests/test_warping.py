@@ -92,7 +92,7 @@ def test_tps_recovers_an_affine_transform():
     matrix = torch.tensor([[0.9, 0.1, 4.0], [-0.08, 1.1, -3.0]])
     source_points = torch.rand(12, 2, generator=generator) * torch.tensor([79.0, 63.0])
     target_points = source_points @ matrix[:, :2].T + matrix[:, 2]
-    out = warp_tps(image, source_points, target_points, (70, 66))
+    out = warp_tps(image, source_points, target_points, width=70, height=66)
     reference = warp_affine(image, matrix[None], (66, 70), align_corners=True)
     covered = reference.sum(dim=1) > 0
     assert out.shape == (1, 3, 66, 70)
@@ -108,7 +108,7 @@ def test_tps_carries_control_points_onto_their_targets():
     # a target point given twice (with another source) would make the system singular: the repeat is dropped
     repeated_source = torch.cat([source_points, source_points[:1] + 3.0])
     repeated_target = torch.cat([target_points, target_points[:1]])
-    out = warp_tps(coordinates, repeated_source, repeated_target, (80, 64))
+    out = warp_tps(coordinates, repeated_source, repeated_target, width=80, height=64)
     landed = out[0][:, target_points[:, 1].long(), target_points[:, 0].long()].T
     torch.testing.assert_close(landed, source_points, atol=1e-3, rtol=0)
 
@@ -119,7 +119,7 @@ def test_tps_through_many_control_points_stays_exact():
     image = scene(128, 96, lambda p: p)
     generator = torch.Generator().manual_seed(0)
     target_points = torch.rand(200, 2, generator=generator) * torch.tensor([100.0, 80.0])
-    out = warp_tps(image, target_points + torch.tensor([16.0, 8.0]), target_points, (128, 96))
+    out = warp_tps(image, target_points + torch.tensor([16.0, 8.0]), target_points, width=128, height=96)
     torch.testing.assert_close(out[..., :80, :100], image[..., 8:88, 16:116], atol=1e-4, rtol=0)
 
 
@@ -134,7 +134,7 @@ def test_homography_with_ransac_recovers_a_known_homography_despite_outliers():
     torch.testing.assert_close(found, homography, atol=1e-3, rtol=1e-3)
     assert not inliers[:6].any() and inliers[6:].all()
     image = scene(80, 64, lambda p: p)
-    warped = warp_homography(image, found, (72, 60))
+    warped = warp_homography(image, found, width=72, height=60)
     reference = warp_perspective(image, homography[None], (60, 72), align_corners=True)
     assert (warped - reference).abs().max() < 1e-3
 
@@ -195,14 +195,18 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="matches were made for a 128x96 image"):
         warp_to_target(target_image, matches)
     with pytest.raises(ValueError, match="at least 3"):
-        warp_tps(source_image, torch.zeros(2, 2), torch.zeros(2, 2), (10, 10))
+        warp_tps(source_image, torch.zeros(2, 2), torch.zeros(2, 2), width=10, height=10)
     with pytest.raises(ValueError, match="must pair up"):
-        warp_tps(source_image, torch.rand(4, 2), torch.rand(5, 2), (10, 10))
+        warp_tps(source_image, torch.rand(4, 2), torch.rand(5, 2), width=10, height=10)
     with pytest.raises(ValueError, match="at least 5"):
         fit_homography(torch.rand(4, 2), torch.rand(4, 2))
     with pytest.raises(ValueError, match="NaN"):
         fit_homography(torch.full((6, 2), float("nan")), torch.rand(6, 2))
-    with pytest.raises(ValueError, match="width, height"):
-        warp_homography(source_image, torch.eye(3), (0, 10))
+    with pytest.raises(ValueError, match="width must be a positive whole number"):
+        warp_homography(source_image, torch.eye(3), width=0, height=10)
+    with pytest.raises(TypeError):  # the output size is named (width=, height=): a (W, H) tuple cannot be transposed
+        warp_homography(source_image, torch.eye(3), (72, 60))
+    with pytest.raises(TypeError):
+        warp_tps(source_image, torch.rand(4, 2), torch.rand(4, 2), (10, 12))
     with pytest.raises(ValueError, match="strength"):
         transfer_appearance(source_image, target_image, matches, strength=2.0)

@@ -17,18 +17,33 @@ app.registerExtension({
     chain(nodeType.prototype, "onNodeCreated", function () {
       attach(this);
     });
+    // a link made or removed: other images, or points that now come from a link (after the link is in place)
+    chain(nodeType.prototype, "onConnectionsChange", function () {
+      queueMicrotask(() => {
+        refresh(this);
+        this.ditfEditor?.draw(); // the status line says whether the points come from a link
+      });
+    });
     chain(nodeType.prototype, "onExecuted", function (message) {
       if (!this.ditfEditor) return;
       this.ditfEditor.setMatches(message?.ditf_match);
       this.ditfUpstream = upstreamImages(this); // the images these matches were computed for
+      refresh(this);
     });
     chain(nodeType.prototype, "onRemoved", function () {
       this.ditfEditor?.dispose();
       this.ditfEditor = null;
     });
   },
+  // A workflow was loaded: every node is configured now, so the LoadImage values this node shows are in too.
+  loadedGraphNode(node) {
+    if (node.ditfEditor) refresh(node);
+  },
 });
 
+// The editor never depends on being drawn: Nodes 2.0 (Vue nodes) never call a DOM widget's onDraw. It re-reads the
+// `points` widget and the upstream images on every event that can change them (above, and in attach), and the
+// editor re-reads the widget before every edit, so an edit always starts from the stored points.
 function attach(node) {
   const widget = node.widgets?.find((w) => w.name === POINTS);
   if (!widget || typeof node.addDOMWidget !== "function") {
@@ -42,10 +57,19 @@ function attach(node) {
     serialize: false, // the points live in the `points` widget; this one only shows them
     hideOnZoom: false,
     getMinHeight: () => 260,
-    onDraw: () => refresh(node),
   });
   view.serialize = false; // not in widgets_values either
   node.ditfEditor = editor;
+  // Both frontends call the widget's callback whenever its value is set: typed, pasted, loaded or set by a script.
+  const callback = widget.callback;
+  widget.callback = function (...args) {
+    const result = callback?.apply(this, args);
+    node.ditfEditor?.sync();
+    return result;
+  };
+  // A LoadImage upstream picked another file; the frontend's change tracker reports every change to the graph.
+  editor.listen(api, "graphChanged", () => refresh(node));
+  editor.listen(editor.canvas, "pointerenter", () => refresh(node));
   showJSON(widget, false); // the JSON stays in the workflow; the editor is how it is edited
   editor.addButton("JSON", "Show or hide the points as KJNodes PointsEditor JSON (editable)", () => {
     showJSON(widget, widget.hidden);
@@ -62,7 +86,7 @@ function showJSON(widget, visible) {
   else widget.computeSize = () => [0, -4];
 }
 
-/** Once per frame the node is drawn: pick up JSON loaded from a workflow, and the upstream images before a run. */
+/** Pick up the `points` JSON as it is now, and the upstream images (shown before a run, or once they changed). */
 function refresh(node) {
   const editor = node.ditfEditor;
   if (!editor) return;
@@ -77,7 +101,8 @@ function refresh(node) {
 
 /** /view URLs of the LoadImage nodes feeding source_image / target_image (through reroutes), else null. */
 function upstreamImages(node) {
-  const urls = {};
+  const urls = { source: null, target: null };
+  if (!node.graph) return urls; // not added to a graph yet (1.58.1 throws on links of a node without one)
   for (const [panel, name] of Object.entries(IMAGE_INPUTS)) {
     let slot = node.findInputSlot(name);
     let origin = slot >= 0 ? node.getInputNode(slot) : null;

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..outputs import write_text
 from .ranks import Ranks
-from .store import write_atomically
 
 
 class RankProgress:
@@ -77,7 +77,7 @@ class RankProgress:
 
     def _write(self) -> None:
         entry = {"run": self.run, **self.stats()}
-        write_atomically(self.file, json.dumps(entry) + "\n")
+        write_text(self.file, json.dumps(entry) + "\n")
 
     def _entries(self) -> list[dict]:
         entries = []

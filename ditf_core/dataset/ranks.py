@@ -16,6 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..errors import DiTFInputError
+
 # Ranks that finish their share early wait for the slowest one at a barrier; on a cluster that can take hours.
 # A crashed rank does not leave the others waiting that long: torchrun stops every rank when one fails.
 BARRIER_TIMEOUT = timedelta(hours=12)
@@ -45,6 +47,16 @@ def ranks_from_env(environ: Mapping[str, str] | None = None) -> Ranks:
     if not 0 <= rank < world:
         raise ValueError(f"RANK={rank} is not in 0..WORLD_SIZE-1={world - 1}; start the run with torchrun")
     return Ranks(rank=rank, world=world, local_rank=int(environ.get("LOCAL_RANK", rank)), launched=True)
+
+
+def single_process_only(command: str, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a torchrun launch of more than one rank for ``command``, which runs in one process (every rank would
+    do all of it and write the same files)."""
+    ranks = ranks_from_env(environ)
+    if ranks.world > 1:
+        raise DiTFInputError(f"{command} runs in one process, not under torchrun ({ranks.world} ranks here); start it "
+                         "with python -m. torchrun runs the PCK benchmarks (spair, pfpascal, ap10k) and "
+                         "extract-dataset")
 
 
 def device_for_rank(device: str | None, ranks: Ranks) -> str | None:

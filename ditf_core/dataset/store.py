@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -25,6 +23,8 @@ from PIL import Image
 
 from ..errors import DiTFInputError
 from ..features import DiTFeatures
+from ..image_files import open_image
+from ..outputs import write_json
 
 CACHE_FORMAT = 1
 Extractor = Callable[[Image.Image], DiTFeatures]
@@ -88,9 +88,8 @@ def extract_into(store: str | Path | None, settings: dict | None, image_path: Pa
     ``store``, write it there atomically."""
     image_path = Path(image_path)
     if not image_path.is_file():
-        raise FileNotFoundError(f"image {image_path} is missing; check the dataset root or the image list")
-    with Image.open(image_path) as image:
-        image = image.convert("RGB")
+        raise FileNotFoundError(f"image {image_path} is missing; check the dataset folder (ROOT) or the image list")
+    image = open_image(image_path)
     features = extractor(image)
     if not isinstance(features, DiTFeatures) or features.batch != 1:
         raise TypeError(f"the extractor must return DiTFeatures of one image, got {type(features).__name__}")
@@ -105,28 +104,12 @@ def extract_into(store: str | Path | None, settings: dict | None, image_path: Pa
 
 
 def save_atomically(features: DiTFeatures, path: Path, settings: dict) -> None:
-    """Write ``features`` to ``path`` (and the folder's settings.json once) through a temporary file + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``features`` to ``path`` and, once per settings folder, the settings that key it (both atomically,
+    through :mod:`ditf_core.outputs`: a temporary file with a random name beside it, then a rename)."""
     manifest = path.parent / "settings.json"
     if not manifest.exists():
-        write_atomically(manifest, json.dumps(settings, indent=2, sort_keys=True, default=str))
-    partial = _partial(path)
-    try:
-        features.to(torch.device("cpu")).save(partial)
-        os.replace(partial, path)
-    finally:  # Ctrl-C or an error while writing: no temporary file left behind
-        partial.unlink(missing_ok=True)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write a text file through a temporary file + rename (readers never see half of it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial(path)
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+        write_json(manifest, settings, default=str)
+    features.to(torch.device("cpu")).save(path)
 
 
 def update_index(store: str | Path, settings: dict, images: Sequence[Path]) -> Path:
@@ -134,8 +117,7 @@ def update_index(store: str | Path, settings: dict, images: Sequence[Path]) -> P
     path = settings_folder(store, settings) / "index.json"
     index = json.loads(path.read_text()) if path.is_file() else {}
     index.update({str(Path(image).resolve()): cache_path(store, settings, image).name for image in images})
-    write_atomically(path, json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return path
+    return write_json(path, index)
 
 
 def extraction_settings(pipeline, model_path, options: dict) -> dict:
@@ -157,9 +139,3 @@ def _describes(image_path, size: tuple[int, int], batch: int) -> bool:
             return size == image.size and batch == 1
     except Exception:
         return False
-
-
-def _partial(path: Path) -> Path:
-    # unique per writer: ranks on several machines may share a store (and a process id)
-    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
-

@@ -97,7 +97,7 @@ def read_pfpascal(root: str | Path, split: str = "test") -> list[Pair]:
     table = root / f"{split}_pairs_pf_pascal.csv"
     if not table.is_file():
         raise FileNotFoundError(
-            f"no {table.name} in {root}; point --root at the PF-dataset-PASCAL folder holding the weakalign pair "
+            f"no {table.name} in {root}; give as ROOT the PF-dataset-PASCAL folder holding the weakalign pair "
             "lists (test_pairs_pf_pascal.csv)"
         )
     pairs = []
@@ -222,14 +222,14 @@ def _jpeg_for(annotation: Path) -> Path:
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} is missing; check the dataset --root")
+        raise FileNotFoundError(f"annotation file {path} is missing; check the dataset folder (ROOT)")
     with path.open() as handle:
         return json.load(handle)
 
 
 def _existing_dir(folder: Path, what: str) -> Path:
     if not folder.is_dir():
-        raise FileNotFoundError(f"no {what} at {folder}; check --root and --split")
+        raise FileNotFoundError(f"no {what} at {folder}; check the dataset folder (ROOT) and --split")
     return folder
 
 

@@ -15,7 +15,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-
 from ..dataset.ranks import Ranks
 from ..dataset.runner import extract_on_ranks, unique_paths
 from ..dataset.store import Extractor, cache_path, extract_into, read_cached, settings_digest

@@ -7,7 +7,6 @@ early-exit pass), call :func:`inspect_captures`, and show ``Inspection.figures``
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -16,6 +15,8 @@ from pathlib import Path
 from PIL import Image
 
 from ..images import as_image_batch
+from ..outputs import save_image, write_json
+from ..wording import plural
 from ..recipe import EnsembleCapture
 from . import plots as draw
 from .analysis import MASSIVE_RATIO, WEAK_RATIO, channel_stats, check_ratio
@@ -47,17 +48,13 @@ class Inspection:
         return summary_text(self.report)
 
     def save(self, out: str | Path) -> list[Path]:
-        """Write ``report.json``, one PNG per figure and, with a sweep, ``sweep.safetensors`` into ``out``."""
+        """Write one PNG per figure, ``sweep.safetensors`` with a sweep, and ``report.json`` last, each atomically,
+        into ``out``; returns the files in display order (report first)."""
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        written = [out / "report.json"]
-        written[0].write_text(json.dumps(self.report, indent=2, sort_keys=True) + "\n")
-        for name, picture in self.figures.items():
-            picture.save(out / f"{name}.png")
-            written.append(out / f"{name}.png")
+        written = [save_image(picture, out / f"{name}.png") for name, picture in self.figures.items()]
         if self.sweep is not None:
             written.append(self.sweep.save(out / "sweep.safetensors", self.key))
-        return written
+        return [write_json(out / "report.json", self.report), *written]
 
 
 def inspect_captures(
@@ -97,7 +94,8 @@ def inspect_captures(
     pixels = as_image_batch(images) if images is not None else None
     batch = int(next(iter(captures.values())).hidden.shape[0])
     if pixels is not None and pixels.shape[0] != batch:
-        raise ValueError(f"images: got {pixels.shape[0]} image(s) for captures of {batch}; pass the captured images")
+        raise ValueError(f"images: got {plural(pixels.shape[0], 'image')} for captures of {batch}; pass the captured "
+                         "images")
     kind = block_kind or (lambda layer: None)
 
     layer_sweep = sweep_captures(captures, ratio=ratio, min_fraction=min_fraction) if sweep else None

@@ -108,25 +108,30 @@ def gate_alignment_plot(
     ratio = torch.nan_to_num(stats.ratio, posinf=float(finite.max()) if len(finite) else 1.0)
     floor = _log_floor(ratio)
     width = _line_width(len(channels))
+    massive, noun = list(massive), "massive channel" if len(massive) == 1 else "massive channels"
     axes[0].vlines(channels, floor, ratio.clamp_min(floor), colors=BASE_COLOUR, linewidth=width)
-    axes[0].vlines(list(massive), floor, ratio[list(massive)].clamp_min(floor), colors=MASSIVE_COLOUR, linewidth=2.5,
-                   label="massive channels")
+    if massive:
+        axes[0].vlines(massive, floor, ratio[massive].clamp_min(floor), colors=MASSIVE_COLOUR, linewidth=2.5,
+                       label=noun)
     axes[0].set_yscale("log")
-    axes[0].set_ylabel("median |h| / map median")
-    axes[0].set_title(title)
+    axes[0].set_ylabel("channel ratio\n(median |h| / map median)")
+    axes[0].set_title(title if massive else f"{title} (no massive channels)")
     for ax, (label, gate, top) in zip(axes[1:], gates):
-        magnitude = gate_magnitude(gate)
+        magnitude, top = gate_magnitude(gate), list(top)
         ax.vlines(channels, 0, magnitude, colors=BASE_COLOUR, linewidth=width)
-        ax.vlines(list(top), 0, magnitude[list(top)], colors=GATE_COLOUR, linewidth=2.5, label=f"top-{len(top)} |gate|")
-        ax.plot(list(massive), magnitude[list(massive)], "v", color=MASSIVE_COLOUR, markersize=8,
-                label="massive channels")
+        if top:
+            ax.vlines(top, 0, magnitude[top], colors=GATE_COLOUR, linewidth=2.5, label=f"top-{len(top)} |gate|")
+        if massive:
+            ax.plot(massive, magnitude[massive], "v", color=MASSIVE_COLOUR, markersize=8, label=noun)
         ax.set_ylabel("|gate|")
         ax.set_title(label, fontsize=10)
-        ax.legend(loc="upper right", fontsize=8)
-    axes[0].legend(loc="upper right", fontsize=8)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:  # only what is drawn
+            ax.legend(loc="upper right", fontsize=8)
     axes[-1].set_xlabel("channel")
     axes[-1].set_xlim(-0.5, len(channels) - 0.5)
-    _margins(fig, hspace=0.35)
+    fig.align_ylabels(axes)
+    _margins(fig, left=1.1, hspace=0.35)
     return _render(fig)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..recipe import EnsembleCapture
+from ..wording import plural
 from .analysis import adaln_comparison, channel_stats, gate_alignment, massive_summary, number, table1
 
 REPORT_VERSION = 1
@@ -72,7 +73,7 @@ def summary_text(report: Mapping) -> str:
     settings = report["settings"]
     lines.append(f"Massive-activation inspector: {model.get('name', model.get('class', 'model'))} "
                  f"({model.get('family', '?')}, {model.get('depth', '?')} blocks), t={settings.get('t')}, "
-                 f"{settings.get('images')} image(s), ensemble {settings.get('ensemble')}")
+                 f"{_images(settings.get('images'))}, ensemble {settings.get('ensemble')}")
     for entry in report["layers"]:
         massive = entry["massive"]
         pairs = ", ".join(f"{c} ({r:,.1f}x)" for c, r in zip(massive["channels"], massive["ratios"]))
@@ -101,3 +102,7 @@ def summary_text(report: Mapping) -> str:
                          f"{writer['overlap']} ({writer['overlap_fraction']:.0%})")
     lines.append(f"  channels for discard: {report['channels_text']}")
     return "\n".join(lines)
+
+
+def _images(count) -> str:
+    return plural(count, "image") if isinstance(count, int) else "? images"

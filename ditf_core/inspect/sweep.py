@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..families import family_for
+from ..outputs import atomic_path
 from ..recipe import EnsembleCapture
 from .analysis import (
     MASSIVE_RATIO,
@@ -135,7 +136,8 @@ class LayerSweep:
                 "key": asdict(key) if key is not None else None}
         tensors = {"layers": torch.tensor(self.layers, dtype=torch.int64), "ratios": self.ratios.contiguous(),
                    "frequency": self.frequency.contiguous(), "gates": self.gates.contiguous()}
-        save_file(tensors, str(path), metadata={"ditf_sweep": json.dumps(meta, sort_keys=True)})
+        with atomic_path(path) as temporary:
+            save_file(tensors, str(temporary), metadata={"ditf_sweep": json.dumps(meta, sort_keys=True)})
         return path
 
     @classmethod

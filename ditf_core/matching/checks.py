@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..errors import DiTFInputError
 from ..features import DiTFeatures
+from ..fusion.fuse import fusion_mismatch
 
 # Settings whose values must agree between the two feature maps of a pair (when both record them).
 SETTINGS_THAT_MUST_MATCH = ("family", "layer", "mode")
@@ -44,6 +45,9 @@ def check_pair(source, target) -> tuple[DiTFeatures, DiTFeatures]:
             f"source holds {source.batch} images but target holds {target.batch}; match pairs one to one "
             "(use .select(i) to pick single images)"
         )
+    mismatch = fusion_mismatch(source.settings.get("fusion"), target.settings.get("fusion"))
+    if mismatch:  # before the channel count: fused and plain maps differ in width, and this says why
+        raise DiTFInputError(mismatch)
     if source.channels != target.channels:
         raise DiTFInputError(
             f"source has {source.channels} channels but target has {target.channels}: they come from different "

@@ -21,6 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
+# The newest frontend's static/ folder (comfyui-frontend-package, unpacked; .ci/run provides it) and its version.
+NEW_FRONTEND_ROOT = os.environ.get("DITF_NEW_FRONTEND_ROOT", "")
+NEW_FRONTEND_VERSION = os.environ.get("DITF_NEW_FRONTEND_VERSION", "")
 SKIP_REASON = "COMFYUI_PATH is not set: ComfyUI integration tier skipped (set it to a ComfyUI 0.3.64 checkout to run it)"
 # CI sets this: then the tier must really run, and any skipped test (no ComfyUI, no browser, no new frontend) fails it.
 REQUIRE_COMFYUI = os.environ.get("DITF_REQUIRE_COMFYUI", "") not in ("", "0")
@@ -140,3 +143,39 @@ def server(comfy, tmp_path_factory):
     yield instance
     instance.stop()
 
+
+
+@pytest.fixture(scope="session")
+def new_frontend_server(request, tmp_path_factory):
+    """A second live ComfyUI serving the newest frontend (``--front-end-root $DITF_NEW_FRONTEND_ROOT``), never
+    installed into ComfyUI's Python. It shares the first server's pack, models and input images; its user
+    settings, temp and output folders are its own (ComfyUI empties temp/ on start-up)."""
+    from live_server import ComfyServer
+
+    if not NEW_FRONTEND_ROOT:
+        pytest.skip("DITF_NEW_FRONTEND_ROOT is not set: newest-frontend browser tests skipped (set it to the static/ "
+                    "folder of an unpacked comfyui-frontend-package wheel, and DITF_NEW_FRONTEND_VERSION)")
+    root = Path(NEW_FRONTEND_ROOT)
+    if not (root / "index.html").is_file():
+        pytest.fail(f"DITF_NEW_FRONTEND_ROOT={root} is not a frontend's static/ folder (no index.html)")
+    server = request.getfixturevalue("server")  # after the checks: a skip starts no server
+    base = tmp_path_factory.mktemp("comfy_base_new_frontend")
+    for shared in ("custom_nodes", "models", "input"):
+        (base / shared).symlink_to(server.base_dir / shared, target_is_directory=True)
+    instance = ComfyServer(server.comfyui_path, base, front_end_root=str(root))
+    instance.startup_seconds = instance.start()
+    instance.files = server.files
+    instance.frontend_version = NEW_FRONTEND_VERSION or frontend_version(root)
+    if not instance.frontend_version:
+        pytest.fail(f"set DITF_NEW_FRONTEND_VERSION: no version found for the frontend in {root}")
+    yield instance
+    instance.stop()
+
+
+def frontend_version(static: Path) -> str:
+    """The version in a comfyui_frontend_package's metadata next to its static/ folder ("" when there is none)."""
+    for metadata in static.parent.parent.glob("comfyui_frontend_package-*.dist-info/METADATA"):
+        for line in metadata.read_text().splitlines():
+            if line.startswith("Version: "):
+                return line.removeprefix("Version: ")
+    return ""

@@ -21,10 +21,12 @@ INPUT_IMAGES = ("example.png", "example_2.png")  # the names the example workflo
 
 
 class ComfyServer:
-    def __init__(self, comfyui_path: str, base_dir: Path, python: str = sys.executable) -> None:
+    def __init__(self, comfyui_path: str, base_dir: Path, python: str = sys.executable,
+                 front_end_root: str | None = None) -> None:
         self.comfyui_path = comfyui_path
         self.base_dir = Path(base_dir)
         self.python = python
+        self.front_end_root = front_end_root  # a frontend's static/ folder served instead of the installed one
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base_dir / "server.log"
@@ -38,6 +40,8 @@ class ComfyServer:
             self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(self.base_dir),
         ]
+        if self.front_end_root:
+            command += ["--front-end-root", str(self.front_end_root)]
         started = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, cwd=self.comfyui_path, stdout=log, stderr=subprocess.STDOUT)

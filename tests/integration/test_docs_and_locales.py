@@ -25,7 +25,7 @@ pytestmark = pytest.mark.comfyui
 ROOT = Path(__file__).resolve().parents[2]
 LOCALE = ROOT / "locales" / "en" / "main.json"
 NODE_IDS = ("DiTFLoadDiT", "DiTFLoadDiffusersDiT", "DiTFExtractFeatures", "DiTFCorrespondenceMatch", "DiTFWarp",
-            "DiTFInspector")
+            "DiTFInspector", "DiTFPropagateMask", "DiTFTrackPoints", "DiTFFuseDINOv2", "DiTFCoSegment")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_harness import run_steps, unavailable
+from browser_harness import BROWSER_MODES, open_frontend, unexpected, unexpected_console_errors, unexpected_responses
 from live_server import PACK_DIR, messages, succeeded
 
 pytestmark = pytest.mark.comfyui
@@ -21,23 +21,23 @@ pytestmark = pytest.mark.comfyui
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 OUR_NODES = {"DiTFLoadDiT", "DiTFExtractFeatures"}
-# Page errors the 1.27.10 frontend raises on a fresh profile with no custom nodes at all (checked by hand).
-KNOWN_FRONTEND_ERRORS = ("Cannot read properties of undefined (reading 'id')",)
-
-
-def unexpected(errors: list[str]) -> list[str]:
-    return [error for error in errors if not any(known in error for known in KNOWN_FRONTEND_ERRORS)]
+TINY = {"ensemble": 1, "resolution": 256}  # the run from the browser: the example's Extract settings made quick
 
 LOAD_AND_CONVERT = r"""async (workflow) => {
   await app.loadGraphData(workflow);
   const { output } = await app.graphToPrompt();
   return { output, types: app.graph.nodes.map((node) => node.type) };
 }"""
+# Nodes 2.0 draws nodes as DOM elements: every node of the workflow is there, with our nodes' widgets.
+VUE_NODES = r"""() => [...document.querySelectorAll("[data-node-id]")].length"""
 
-QUEUE_AND_WAIT = r"""async (workflow) => {
+QUEUE_AND_WAIT = r"""async ({workflow, tiny}) => {
   const history = async () => (await fetch("/history")).json();
   const before = new Set(Object.keys(await history()));
   await app.loadGraphData(workflow);
+  for (const node of app.graph.nodes.filter((n) => n.type === "DiTFExtractFeatures")) {  // quick settings, by name
+    for (const [name, value] of Object.entries(tiny)) node.widgets.find((w) => w.name === name).value = value;
+  }
   await app.queuePrompt(0, 1);
   for (let i = 0; i < 600; i++) {
     await new Promise((resolve) => setTimeout(resolve, 250));
@@ -54,13 +54,23 @@ QUEUE_AND_WAIT = r"""async (workflow) => {
 }"""
 
 
+@pytest.fixture(scope="module", params=list(BROWSER_MODES))
+def frontend(request):
+    return open_frontend(request, request.param)
+
+
 @pytest.fixture(scope="module")
-def frontend(server):
-    reason = unavailable()
-    if reason:
-        pytest.skip(f"browser check skipped: {reason}")
-    server.post("/settings/Comfy.TutorialCompleted", True)  # no template dialog over the canvas
-    return server
+def converted(frontend):
+    """Every example loaded and converted to an API prompt in one browser session of this frontend and mode."""
+    steps = []
+    for path in WORKFLOWS:
+        steps += [{"eval": LOAD_AND_CONVERT, "arg": json.loads(path.read_text())}, {"eval": VUE_NODES}]
+    started = time.monotonic()
+    result = frontend.run(steps)
+    result["seconds"] = time.monotonic() - started
+    print(f"{frontend.mode}: {len(WORKFLOWS)} examples loaded and converted in {result['seconds']:.1f} s")
+    result["workflows"] = {path.name: result["results"][2 * i:2 * i + 2] for i, path in enumerate(WORKFLOWS)}
+    return result
 
 
 def test_there_are_example_workflows():
@@ -97,23 +107,27 @@ def substitute_api(prompt: dict, files: dict) -> dict:
     return prompt
 
 
+def test_examples_load_without_errors(frontend, converted):
+    assert unexpected(converted["errors"]) == []
+    assert unexpected_responses(converted, frontend.server.url) == []
+    assert unexpected_console_errors(converted) == []
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_example_loads_converts_and_is_accepted(frontend, path):
+def test_example_loads_converts_and_is_accepted(frontend, converted, path):
     workflow = json.loads(path.read_text())
-    started = time.monotonic()
-    result = run_steps(frontend.url, [{"eval": LOAD_AND_CONVERT, "arg": workflow}])
-    assert unexpected(result["errors"]) == []
-    converted = result["results"][0]
-    assert len(converted["types"]) == len(workflow["nodes"])
-    prompt = converted["output"]
+    assert path.name in converted["workflows"], f"the browser session stopped early: {converted['errors']}"
+    loaded, dom_nodes = converted["workflows"][path.name]
+    assert len(loaded["types"]) == len(workflow["nodes"])
+    assert dom_nodes == (len(workflow["nodes"]) if frontend.vue_nodes else 0)
+    prompt = loaded["output"]
     classes = {node["class_type"] for node in prompt.values()}
     assert OUR_NODES <= classes
     extract = next(node["inputs"] for node in prompt.values() if node["class_type"] == "DiTFExtractFeatures")
     assert {"ditf_model", "image", "layer", "t", "ensemble", "seed", "resolution", "discard", "mode"} <= set(extract)
     assert (extract["layer"], extract["t"], extract["ensemble"], extract["resolution"], extract["seed"]) == (-1, 0.26, 8, 640, 0)
-    accepted = queue_held(frontend, substitute_api(prompt, frontend.files))
+    accepted = queue_held(frontend.server, substitute_api(prompt, frontend.server.files))
     assert accepted["node_errors"] == {}, accepted
-    print(f"{path.name}: loaded, converted and accepted in {time.monotonic() - started:.1f} s")
 
 
 def queue_held(server, prompt: dict) -> dict:
@@ -135,14 +149,25 @@ def queue_held(server, prompt: dict) -> dict:
     return response
 
 
-def test_sd35_example_runs_from_the_browser_queue(frontend, tmp_path):
-    workflow = substitute(json.loads((ROOT / "example_workflows" / "ditf_sd35_features.json").read_text()), frontend.files)
+@pytest.fixture(scope="module", params=["bundled-classic", "newest-nodes2"])
+def run_frontend(request):
+    """Queueing is the same in both modes of a frontend: one run per frontend (the points tests run in every mode)."""
+    return open_frontend(request, request.param)
+
+
+def test_sd35_example_runs_from_the_browser_queue(run_frontend, tmp_path):
+    frontend = run_frontend
+    workflow = substitute(json.loads((ROOT / "example_workflows" / "ditf_sd35_features.json").read_text()),
+                          frontend.server.files)
     started = time.monotonic()
     shot = tmp_path / "sd35_example.png"
-    result = run_steps(frontend.url, [{"eval": QUEUE_AND_WAIT, "arg": workflow}, {"screenshot": str(shot)}], timeout=200)
+    steps = [{"eval": QUEUE_AND_WAIT, "arg": {"workflow": workflow, "tiny": TINY}}, {"screenshot": str(shot)}]
+    result = frontend.run(steps, timeout=200)
     assert unexpected(result["errors"]) == []
+    assert unexpected_responses(result, frontend.server.url) == []
     run = result["results"][0]
     errors = messages(run["entry"], "execution_error")
     assert succeeded(run["entry"]), errors
     assert run["previews"] == 2  # the Extract node shows its PCA preview of both images in the UI
-    print(f"SD3.5 example queued from the frontend: success in {time.monotonic() - started:.1f} s; screenshot {shot}")
+    print(f"{frontend.mode}: SD3.5 example queued from the frontend: success in {time.monotonic() - started:.1f} s; "
+          f"screenshot {shot}")

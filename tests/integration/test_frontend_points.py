@@ -1,14 +1,22 @@
-"""The point editor and live correspondence explorer in ComfyUI's real frontend (headless Chromium, real mouse input):
-the extension loads; clicks add, drag moves and right-click deletes points, which are saved in the serialized workflow
-and sent in the prompt; a run queued from the browser shows the matched points in the point colours; hovering the
+"""The point editor and live correspondence explorer in ComfyUI's real frontend (headless Chromium, real mouse and
+keyboard input), on both frontends and in both modes (browser_harness.BROWSER_MODES): a workflow loaded with stored
+points shows them and the LoadImage pictures before any run; typed JSON reaches the editor and back; clicks add,
+drag moves and right-click deletes points, which are saved in the serialized workflow and sent in the prompt; a run
+queued from the browser shows the matched points in the point colours, and a click after it adds to the stored points
+(Nodes 2.0 never draws a DOM widget through onDraw: an editor that synced while drawing replaced them); hovering the
 source draws the route's similarity heatmap over the target; removing the node removes the editor's listeners; the
-node help panel shows the pack's docs.
+node help panel shows the pack's docs; the pack never reads the deprecated ``input.link``.
 
-One browser session runs every step (module fixture); the tests check its parts. Screenshots go to the test's temp
-folder (and to DITF_SCREENSHOT_DIR when set, e.g. docs/ for the README)."""
+1.27.10's Nodes 2.0 is an experimental preview that mounts no pack's DOM widget: there the node shows its points as
+JSON, which stays editable and is kept through a run (test_bundled_nodes2_*).
+
+One browser session per mode runs every step (module fixture); the tests check its parts. Screenshots go to the
+test's temp folder (and to DITF_SCREENSHOT_DIR when set, e.g. docs/ for the README, from the mode named by
+DITF_SCREENSHOT_MODE, default newest-nodes2)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -18,20 +26,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser_harness import run_steps, unavailable
+from browser_harness import (BROWSER_MODES, open_frontend, unexpected, unexpected_console_errors,
+                             unexpected_responses)
 from live_server import INPUT_IMAGES, PACK_DIR, messages, succeeded
-from test_frontend import unexpected
 
 pytestmark = pytest.mark.comfyui
 
-ROOT = Path(__file__).resolve().parents[2]
+PAGE = Path(__file__).parent / "browser" / "points_page.js"
+EDITOR_MODES = [mode for mode in BROWSER_MODES if mode != "bundled-nodes2"]
 SCALE = 0.9  # graph zoom during the test: pointer positions must go through the canvas transform
-P1, P1_MOVED, P2, P3 = (100, 80), (120, 100), (250, 200), (300, 60)  # source pixels (the image is 384 x 288)
+# Source pixels (the image is 384 x 288): stored in the workflow; clicked, dragged, deleted; clicked after the run.
+STORED = [(100, 80), (200, 150), (150, 220)]
+P1, P1_MOVED, P2, P3, P4 = (300, 100), (320, 130), (250, 250), (40, 40), (200, 40)
+EDITED = [*STORED, P1_MOVED, P2]
+TYPED = "[[30, 40]]"  # the [[x, y]] form, typed into the JSON textarea
 EXTRACT = dict(layer=-1, t=0.26, ensemble=1, seed=0, resolution=256, discard="auto", mode="ditf")
 
 
+def stored_json(points) -> str:
+    return json.dumps([{"x": x, "y": y} for x, y in points])
+
+
 def workflow(files: dict) -> dict:
-    """API prompt: tiny SD3.5 through the stock loaders -> Load DiT -> Extract x 2 -> Correspondence Match."""
+    """API prompt: tiny SD3.5 through the stock loaders -> Load DiT -> Extract x 2 -> Correspondence Match with STORED
+    points (the page loads it, saves it and loads the saved UI workflow, as a shared workflow is loaded)."""
     return {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": files["sd35"], "weight_dtype": "default"}},
         "2": {"class_type": "VAELoader", "inputs": {"vae_name": files["vae"]}},
@@ -42,240 +60,77 @@ def workflow(files: dict) -> dict:
         "7": {"class_type": "DiTFExtractFeatures", "inputs": {"ditf_model": ["5", 0], "image": ["4", 0], **EXTRACT}},
         "8": {"class_type": "DiTFCorrespondenceMatch", "inputs": {
             "source": ["6", 0], "target": ["7", 0], "source_image": ["3", 0], "target_image": ["4", 0],
-            "points": "[]", "mode": "fast", "max_points": 8, "cycle_tolerance": 2.0}},
+            "points": stored_json(STORED), "mode": "fast", "max_points": 8, "cycle_tolerance": 2.0}},
     }
 
 
-# --- page functions (run in the browser by the harness) -----------------------------------------------------------
-SETUP = r"""async ({prompt, pack, scale}) => {
-  window.__until = async (predicate, timeout = 30000) => {
-    const started = performance.now();
-    while (!predicate()) {
-      if (performance.now() - started > timeout) throw new Error(`timed out waiting for ${predicate}`);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  };
-  window.__box = () => {  // the node's rectangle on screen (title included), for screenshots
-    const title = LiteGraph.NODE_TITLE_HEIGHT;  // (getBounding() lags behind a node that just grew)
-    const [x, y, width, height] = [__node.pos[0], __node.pos[1] - title, __node.size[0], __node.size[1] + title];
-    const canvas = app.canvas.canvas.getBoundingClientRect();
-    const { scale, offset } = app.canvas.ds;
-    return { x: canvas.left + (x + offset[0]) * scale - 4, y: canvas.top + (y + offset[1]) * scale - 4,
-             width: width * scale + 8, height: height * scale + 8 };
-  };
-  window.__focus = (node) => {  // the node at a known zoom, near the top left of the canvas
-    app.canvas.ds.scale = scale;
-    app.canvas.ds.offset = [-node.pos[0] + 100, -node.pos[1] + 120];
-    app.graph.setDirtyCanvas(true, true);
-  };
-  await app.loadApiJson(prompt, "ditf-points-test");
-  const node = app.graph.nodes.find((n) => n.type === "DiTFCorrespondenceMatch");
-  window.__node = node;
-  __focus(node);
-  const editor = node.ditfEditor;
-  await __until(() => editor?.images.source?.ready && editor?.images.target?.ready);
-  const palette = await import(`/extensions/${pack}/lib/palette.js`);
-  return {
-    extensions: app.extensions.map((e) => e.name).filter((name) => name.startsWith("DiTF")),
-    widgets: node.widgets.map((w) => ({
-      name: w.name, type: w.type, hidden: !!w.hidden, serialize: w.serialize !== false,
-    })),
-    sources: [editor.images.source.url, editor.images.target.url],
-    status: editor.status.textContent,
-    tooltip: editor.canvas.title,
-    colours: [...Array(12).keys()].map(palette.pointColour),
-    heat: [0, 0.25, 0.5, 0.75, 1].map(palette.heatColour),
-  };
-}"""
-
-# Real mouse input at the editor's own pixel -> screen mapping.
-EDIT = r"""({p1, p1Moved, p2, p3}) => {
-  const e = __node.ditfEditor;
-  const at = (p) => e.clientPoint("source", ...p);
-  return [
-    {click: at(p1)}, {click: at(p2)},
-    {click: e.clientPoint("target", 100, 100)},  // the target panel is not editable
-    {move: at(p1)}, {down: "left"}, {move: at(p1Moved), steps: 6}, {up: "left"},
-    {click: at(p3)}, {click: at(p3), button: "right"},
-    {move: [5, 500]}, {pause: 100},
-  ];
-}"""
-
-AFTER_EDIT = r"""async () => {
-  const node = __node;
-  const old = node.ditfEditor;
-  const saved = app.graph.serialize();
-  const { output } = await app.graphToPrompt();
-  const state = {
-    points: old.points,
-    widget: node.widgets.find((w) => w.name === "points").value,
-    workflowValues: saved.nodes.find((n) => n.type === "DiTFCorrespondenceMatch").widgets_values,
-    promptPoints: output[String(node.id)].inputs.points,
-    promptKeys: Object.keys(output[String(node.id)].inputs).sort(),
-  };
-  // the saved workflow loaded again (as a shared workflow is): the new editor shows the points, the old one is gone
-  const oldCanvas = old.canvas;
-  await app.loadGraphData(saved);
-  const fresh = app.graph.nodes.find((n) => n.type === "DiTFCorrespondenceMatch");
-  window.__node = fresh;
-  __focus(fresh);
-  await __until(() => fresh.ditfEditor?.images.source?.ready);
-  return {
-    ...state,
-    reloaded: fresh.ditfEditor.points,
-    old: { listenersAborted: old.listeners.signal.aborted, explorerAborted: old.explorer.abort.signal.aborted,
-           canvasInDocument: document.contains(oldCanvas), nodeEditor: node.ditfEditor },
-  };
-}"""
-
-QUEUE = r"""async () => {
-  const editor = __node.ditfEditor;
-  const history = async () => (await fetch("/history")).json();
-  const before = new Set(Object.keys(await history()));
-  await app.queuePrompt(0, 1);
-  let entry = null;
-  for (let i = 0; i < 600 && !["success", "error"].includes(entry?.status?.status_str); i++) {
-    await new Promise((resolve) => setTimeout(resolve, 250));
-    const all = await history();
-    entry = all[Object.keys(all).find((id) => !before.has(id))] ?? null;
-  }
-  if (entry?.status?.status_str !== "success") return { entry, match: null };
-  await __until(() => editor.match !== null);
-  await __until(() => editor.images.source?.ready && editor.images.target?.ready);
-  await new Promise((resolve) => setTimeout(resolve, 500));  // let the canvas draw the preview too
-  return { match: editor.match, matches: editor.matches.length, status: editor.status.textContent, entry };
-}"""
-
-# Screen positions and canvas pixels of the drawn markers, and the node's rectangle for the screenshot.
-DRAWN = r"""() => {
-  const node = __node, e = node.ditfEditor;
-  const pixel = ([x, y]) => {
-    const rect = e.canvas.getBoundingClientRect();
-    const ratio = e.canvas.width / rect.width;
-    const [cx, cy] = [Math.round((x - rect.left) * ratio), Math.round((y - rect.top) * ratio)];
-    return [...e.canvas.getContext("2d").getImageData(cx, cy, 1, 1).data.slice(0, 3)];
-  };
-  const source = e.points.map((p) => e.clientPoint("source", p.x, p.y));
-  const target = e.match.target.points.map(([x, y]) => e.clientPoint("target", x, y));
-  const r = e.canvas.getBoundingClientRect();
-  return { source, target, sourcePixels: source.map(pixel), targetPixels: target.map(pixel), box: __box(),
-           targetPanel: [e.clientPoint("target", 0, 0),
-                         e.clientPoint("target", e.match.target.width - 1, e.match.target.height - 1)],
-           canvas: [r.left, r.top, r.width, r.height] };
-}"""
-CLIP = "() => __box()"
-
-HOVER = r"""({p2}) => {
-  const e = __node.ditfEditor;
-  const [x, y] = e.clientPoint("source", ...p2);
-  return [{move: [x - 30, y + 20]}, {move: [x + 1, y], steps: 8}, {pause: 300}];
-}"""
-
-EXPLORED = r"""async () => {
-  const e = __node.ditfEditor;
-  await __until(() => e.explored?.result && e.hover?.index === 1 && e.explored.xy[0] === e.points[1].x);
-  await new Promise((resolve) => setTimeout(resolve, 100));
-  const { heat, ...result } = e.explored.result;
-  return { hover: e.hover, result, heatBytes: atob(heat).length, latencies: e.explorer.latencies,
-           status: e.status.textContent };
-}"""
-
-LEAVE = r"""() => [{move: [5, 500], steps: 2}, {pause: 200}]"""
-
-REMOVE = r"""async ({pack}) => {
-  const node = __node, e = node.ditfEditor;
-  const left = { hover: e.hover, explored: e.explored };
-  // a malformed request from the page itself
-  const bad = await fetch("/api/ditf/explorer/similarity",
-                          { method: "POST", body: '{"explorer": "x", "x": NaN, "y": 1}' });
-  const badBody = await bad.json();
-  let requests = 0;
-  const fetchBefore = window.fetch;
-  window.fetch = (...args) => {
-    if (String(args[0]).includes("/ditf/explorer/")) requests++;
-    return fetchBefore(...args);
-  };
-  const canvas = e.canvas;
-  const match = e.match;
-  app.graph.remove(node);
-  const r = canvas.getBoundingClientRect();
-  for (const type of ["pointermove", "pointerdown", "pointerup", "contextmenu"]) {
-    const at = { clientX: r.left + 20, clientY: r.top + 40, button: 0, bubbles: true };
-    canvas.dispatchEvent(new PointerEvent(type, at));
-  }
-  await new Promise((resolve) => setTimeout(resolve, 300));
-  window.fetch = fetchBefore;
-  return { left, bad: [bad.status, badBody], nodeEditor: node.ditfEditor, listenersAborted: e.listeners.signal.aborted,
-           explorerAborted: e.explorer.abort.signal.aborted, hoverAfter: e.hover, pointsAfter: e.points.length,
-           requests, canvasInDocument: document.contains(canvas), matchKept: e.match === match };
-}"""
+def call(method: str, arg=None, kind: str = "eval") -> dict:
+    """A harness step calling a method of the page helpers (browser/points_page.js)."""
+    return {kind: f"async (arg) => __points.{method}(arg)", "arg": arg}
 
 
-# A node with nothing connected: a placeholder instead of the image; unreadable JSON is reported, not overwritten.
-FRESH = r"""async () => {
-  const node = LiteGraph.createNode("DiTFCorrespondenceMatch");
-  app.graph.add(node);
-  const e = node.ditfEditor;
-  const drawn = { status: e.status.textContent, images: [e.images.source, e.images.target] };
-  const widget = node.widgets.find((w) => w.name === "points");
-  widget.value = '[{"x": 1}]';
-  e.sync();
-  const r = e.canvas.getBoundingClientRect();
-  const at = { clientX: r.left + 30, clientY: r.top + 60, button: 0, bubbles: true };
-  e.canvas.dispatchEvent(new PointerEvent("pointerdown", at));
-  const result = { ...drawn, error: e.status.textContent, value: widget.value, points: e.points.length };
-  app.graph.remove(node);
-  return result;
-}"""
+INSTALL = {"eval": "() => {\n" + PAGE.read_text() + "\n}"}
+CLIP = "() => __points.box()"
 
 
-# The node help panel (selection toolbox -> info) renders the pack's web/docs/<node_id>.md.
-HELP = r"""async () => {
-  const node = app.graph.nodes.find((n) => n.type === "DiTFExtractFeatures");
-  app.canvas.selectNode(node);
-  app.graph.setDirtyCanvas(true, true);
-  await __until(() => document.querySelector('[data-testid="info-button"]'), 10000);
-  document.querySelector('[data-testid="info-button"]').click();
-  const phrase = "Extract the source and the target with the same model";
-  await __until(() => document.body.innerText.includes(phrase), 10000);
-  return true;
-}"""
+def setup_step(frontend) -> dict:
+    return call("setup", {"prompt": workflow(frontend.server.files), "pack": PACK_DIR, "scale": SCALE})
 
 
-@pytest.fixture(scope="module")
-def session(server, tmp_path_factory):
-    reason = unavailable()
-    if reason:
-        pytest.skip(f"browser check skipped: {reason}")
-    server.post("/settings/Comfy.TutorialCompleted", True)
-    shots = tmp_path_factory.mktemp("screenshots")
-    editor_shot, explorer_shot = shots / "point_editor.png", shots / "correspondence_explorer.png"
-    steps = [
-        {"eval": SETUP, "arg": {"prompt": workflow(server.files), "pack": PACK_DIR, "scale": SCALE}},
-        {"mouse": EDIT, "arg": {"p1": P1, "p1Moved": P1_MOVED, "p2": P2, "p3": P3}},
-        {"eval": AFTER_EDIT},
-        {"eval": QUEUE},
-        {"eval": DRAWN},
-        {"screenshot": str(editor_shot), "clip": CLIP},
-        {"mouse": HOVER, "arg": {"p2": P2}},
-        {"eval": EXPLORED},
-        {"eval": DRAWN},
-        {"screenshot": str(explorer_shot), "clip": CLIP},
-        {"mouse": LEAVE},
-        {"eval": REMOVE, "arg": {"pack": PACK_DIR}},
-        {"eval": FRESH},
-        {"eval": HELP},
-    ]
+def run_session(frontend, named_steps: list[tuple[str, dict]], timeout: float) -> dict:
     started = time.monotonic()
-    result = run_steps(server.url, steps, timeout=220, viewport=(1400, 1100))
+    result = frontend.run([step for _, step in named_steps], timeout=timeout, viewport=(1400, 1100))
     result["seconds"] = time.monotonic() - started
-    names = ["setup", "edit", "after_edit", "queue", "drawn", "editor_shot", "hover", "explored", "hover_drawn",
-             "explorer_shot", "leave", "remove", "fresh", "help"]
+    names = [name for name, _ in named_steps]
     result["steps"] = dict(zip(names, result["results"]))
-    result["shots"] = {"editor": editor_shot, "explorer": explorer_shot}
-    print(f"point editor browser session: {result['seconds']:.1f} s; screenshots {editor_shot}, {explorer_shot}")
+    slowest = sorted(zip(result["seconds_per_step"], names), reverse=True)[:4]
+    print(f"{frontend.mode}: browser start {result['startup']:.1f} s; slowest steps "
+          + ", ".join(f"{name} {seconds:.1f} s" for seconds, name in slowest))
+    result["mode"] = frontend.mode
+    result["frontend_info"] = frontend
+    return result
+
+
+@pytest.fixture(scope="module", params=EDITOR_MODES)
+def session(request, tmp_path_factory):
+    frontend = open_frontend(request, request.param)
+    shots = tmp_path_factory.mktemp(f"screenshots-{frontend.mode}")
+    stored_shot, editor_shot, explorer_shot = (shots / f"{name}.png" for name in
+                                               ("stored_points", "point_editor", "correspondence_explorer"))
+    named_steps = [
+        ("install", INSTALL),
+        ("setup", setup_step(frontend)),
+        ("stored_shot", {"screenshot": str(stored_shot), "clip": CLIP}),
+        ("json_show", call("toggleJSON", kind="mouse")),
+        ("type", call("typeJSON", {"text": TYPED}, kind="mouse")),
+        ("typed", call("jsonState")),
+        ("paste", call("typeJSON", {"text": stored_json(STORED), "paste": True}, kind="mouse")),
+        ("pasted", call("jsonState")),
+        ("json_hide", call("toggleJSON", kind="mouse")),
+        ("edit", call("edit", {"p1": P1, "p1Moved": P1_MOVED, "p2": P2, "p3": P3}, kind="mouse")),
+        ("after_edit", call("afterEdit")),
+        ("queue", call("queue")),
+        ("click_after_run", call("click", {"p": P4}, kind="mouse")),
+        ("after_run", call("state")),
+        ("delete_after_run", call("click", {"p": P4, "button": "right"}, kind="mouse")),
+        ("deleted", call("state")),
+        ("drawn", call("drawn")),
+        ("editor_shot", {"screenshot": str(editor_shot), "clip": CLIP}),
+        ("hover", call("hover", {"p": P2}, kind="mouse")),
+        ("explored", call("explored", {"index": EDITED.index(P2)})),
+        ("hover_drawn", call("drawn")),
+        ("explorer_shot", {"screenshot": str(explorer_shot), "clip": CLIP}),
+        ("leave", call("leave", kind="mouse")),
+        ("remove", call("remove")),
+        ("fresh", call("fresh", {"images": INPUT_IMAGES})),
+        ("help", call("help")),
+        ("link_reads", call("linkReads")),
+    ]
+    result = run_session(frontend, named_steps, timeout=240)
+    result["shots"] = {"stored": stored_shot, "editor": editor_shot, "explorer": explorer_shot}
+    print(f"{frontend.mode}: point editor browser session {result['seconds']:.1f} s; screenshots in {shots}")
     target = os.environ.get("DITF_SCREENSHOT_DIR")
-    if target and explorer_shot.exists():
+    if target and frontend.mode == os.environ.get("DITF_SCREENSHOT_MODE", "newest-nodes2") and explorer_shot.exists():
         for shot in (editor_shot, explorer_shot):
             shutil.copy(shot, Path(target) / shot.name)
     return result
@@ -283,8 +138,7 @@ def session(server, tmp_path_factory):
 
 def step(session, name):
     """A step's result; a failed session names the harness error instead of a KeyError."""
-    errors = unexpected(session["errors"])
-    assert name in session["steps"], f"the browser session stopped before '{name}': {errors}"
+    assert name in session["steps"], f"the browser session stopped before '{name}': {unexpected(session['errors'])}"
     return session["steps"][name]
 
 
@@ -292,24 +146,41 @@ def near(a, b, tolerance):
     return all(abs(x - y) <= tolerance for x, y in zip(a, b))
 
 
-# --- the extension loads -------------------------------------------------------------------------------------------
-def test_extension_loads_without_errors(server, session):
-    listed = server.get("/extensions")
-    assert f"/extensions/{PACK_DIR}/ditf_points.js" in listed
+def xy(points) -> list[tuple]:
+    return [(p["x"], p["y"]) for p in points]
+
+
+# --- the extension loads, the stored points show before any run --------------------------------------------------
+def test_extension_loads_without_errors(session):
+    server = session["frontend_info"].server
+    assert f"/extensions/{PACK_DIR}/ditf_points.js" in server.get("/extensions")
     setup = step(session, "setup")
     assert setup["extensions"] == ["DiTF.PointsEditor"]
     widgets = {w["name"]: w for w in setup["widgets"]}
     assert widgets["points"]["hidden"] and widgets["points"]["serialize"]  # the JSON is kept, the editor shows it
     assert widgets["points_editor"]["type"] == "ditf_points" and not widgets["points_editor"]["serialize"]
-    # before any run the editor shows the connected LoadImage pictures
-    assert all(f"filename={name}" in url and "type=input" in url for name, url in zip(INPUT_IMAGES, setup["sources"]))
-    assert "click: add a point" in setup["status"] and "right-click: delete" in setup["tooltip"]
+    assert setup["shown"]
+    assert "right-click: delete" in setup["tooltip"]
     assert unexpected(session["errors"]) == []
-    ours = [line for line in session["failed"] if f"/extensions/{PACK_DIR}/" in line or "/ditf/" in line]
-    # the deliberate bad request, and the help panel asking for a locale page before the plain one (by design)
-    assert ours == ["400 " + server.url + "/api/ditf/explorer/similarity",
-                    f"404 {server.url}/extensions/{PACK_DIR}/docs/DiTFExtractFeatures/en.md"]
+    # ours: the deliberate bad request, and the help panel asking for a locale page before the plain one (by design)
+    ours = ("400 /api/ditf/explorer/similarity", f"404 /extensions/{PACK_DIR}/docs/DiTFExtractFeatures/en.md")
+    assert unexpected_responses(session, server.url, ours) == []
+    assert unexpected_console_errors(session) == []
     assert not [line for line in session["console"] if line.startswith(("error", "warning")) and "DiTF" in line]
+
+
+def test_stored_points_and_images_show_before_any_run(session):
+    from ditf_core.matching.draw import point_colours
+
+    setup = step(session, "setup")
+    assert setup["match"] is None and xy(setup["points"]) == STORED
+    assert setup["status"].startswith("3 points · click: add a point")
+    # the connected LoadImage pictures, and each stored point drawn in its colour on the editor's canvas
+    assert all(f"filename={name}" in url and "type=input" in url for name, url in zip(INPUT_IMAGES, setup["sources"]))
+    for i, (pixel, colour) in enumerate(zip(setup["drawn"], point_colours(len(STORED)))):
+        assert near(pixel, colour, 2), (i, pixel, colour)
+    shot = np.asarray(Image.open(session["shots"]["stored"]).convert("RGB"), dtype=np.int32)
+    assert shot.std() > 20  # a picture, not an empty node
 
 
 def test_palette_is_the_python_one(session):
@@ -320,18 +191,23 @@ def test_palette_is_the_python_one(session):
     assert setup["heat"] == [[0, 0, 255], [63, 127, 191], [127, 255, 127], [191, 127, 63], [255, 0, 0]]
 
 
+def test_typed_and_pasted_json_reach_the_editor(session):
+    typed, pasted = step(session, "typed"), step(session, "pasted")
+    assert typed["textareaShown"] and typed["widget"] == TYPED and xy(typed["points"]) == [(30, 40)]
+    assert typed["status"].startswith("1 point ·")
+    assert pasted["widget"] == stored_json(STORED) and xy(pasted["points"]) == STORED
+
+
 # --- points: click, drag, right-click; saved with the workflow and the prompt -------------------------------------
 def test_clicks_drag_and_right_click_edit_the_points(session):
-    state = step(session, "after_edit")
-    points = [(p["x"], p["y"]) for p in state["points"]]
-    assert len(points) == 2, points  # P1 (moved) and P2; the target click added none; P3 was deleted
-    assert near(points[0], P1_MOVED, 1) and near(points[1], P2, 1), points
+    points = xy(step(session, "after_edit")["points"])
+    # the stored points kept, P1 (moved) and P2 added; the target click added none; P3 was added and deleted
+    assert len(points) == len(EDITED) and points[:3] == STORED, points
+    assert near(points[3], P1_MOVED, 1) and near(points[4], P2, 1), points
     assert all(isinstance(v, int) for p in points for v in p)  # integer pixels (pixel centres)
 
 
 def test_points_are_saved_in_the_workflow_and_sent_in_the_prompt(session):
-    import json
-
     state = step(session, "after_edit")
     stored = json.loads(state["widget"])
     assert stored == state["points"] and list(stored[0]) == ["x", "y"]  # KJNodes PointsEditor JSON
@@ -348,20 +224,21 @@ def test_a_loaded_workflow_restores_the_points_and_disposes_the_old_editor(sessi
                             "nodeEditor": None}
 
 
-# --- a queued run shows the matched points ------------------------------------------------------------------------
+# --- a queued run shows the matched points; a click after it adds to them -----------------------------------------
 def test_queued_run_shows_matched_points_in_the_point_colours(session):
     from ditf_core.matching.draw import point_colours
 
     run = step(session, "queue")
     assert run["entry"] and succeeded(run["entry"]), messages(run["entry"], "execution_error") if run["entry"] else run
     match = run["match"]
+    count = len(EDITED)
     assert run["matches"] == 1 and match["mode"] == "fast" and len(match["explorer"]) == 32
-    assert near(match["source"]["points"][0], P1_MOVED, 1) and near(match["source"]["points"][1], P2, 1)
-    assert len(match["target"]["points"]) == len(match["target"]["scores"]) == 2
+    assert all(near(got, want, 1) for got, want in zip(match["source"]["points"], EDITED))
+    assert len(match["target"]["points"]) == len(match["target"]["scores"]) == count
     assert "matched (fast)" in run["status"]
     drawn = step(session, "drawn")
-    colours = point_colours(2)
-    for i in range(2):  # the marker centres carry point i's colour on both panels (canvas pixels)
+    colours = point_colours(count)
+    for i in range(count):  # the marker centres carry point i's colour on both panels (canvas pixels)
         assert near(drawn["sourcePixels"][i], colours[i], 2), (i, drawn["sourcePixels"][i])
         assert near(drawn["targetPixels"][i], colours[i], 2), (i, drawn["targetPixels"][i])
     # and they are on screen: the screenshot shows the same colours at the same places
@@ -369,7 +246,17 @@ def test_queued_run_shows_matched_points_in_the_point_colours(session):
     box = drawn["box"]
     for i, (x, y) in enumerate(drawn["source"] + drawn["target"]):
         pixel = shot.getpixel((round(x - box["x"]), round(y - box["y"])))
-        assert near(pixel, colours[i % 2], 12), (i, pixel)
+        assert near(pixel, colours[i % count], 12), (i, pixel)
+
+
+def test_a_click_after_the_run_adds_to_the_stored_points(session):
+    """The bug this guards against: in Nodes 2.0 the first click after a run replaced every stored point."""
+    after, deleted = step(session, "after_run"), step(session, "deleted")
+    points = xy(after["points"])
+    assert len(points) == len(EDITED) + 1 and near(points[-1], P4, 1), points
+    assert json.loads(after["widget"]) == after["points"]
+    assert "points changed since the run" in after["status"]
+    assert len(deleted["points"]) == len(EDITED) and "matched (fast)" in deleted["status"]
 
 
 # --- hover: the live explorer's heatmap ---------------------------------------------------------------------------
@@ -377,16 +264,17 @@ def test_hover_draws_the_similarity_heatmap_with_the_best_match(session):
     explored = step(session, "explored")
     match = step(session, "queue")["match"]
     result = explored["result"]
-    assert explored["hover"]["index"] == 1
-    assert result["explorer"] == match["explorer"] and result["source"] == match["source"]["points"][1]
+    index = EDITED.index(P2)
+    assert explored["hover"]["index"] == index
+    assert result["explorer"] == match["explorer"] and result["source"] == match["source"]["points"][index]
     assert explored["heatBytes"] == result["width"] * result["height"] == match["grid"][0] * match["grid"][1]
     # the explorer's best match is the node's "fast" match of the same point, and its score
-    assert near(result["best"], match["target"]["points"][1], 0.02)
-    assert abs(result["score"] - match["target"]["scores"][1]) < 1e-3
+    assert near(result["best"], match["target"]["points"][index], 0.02)
+    assert abs(result["score"] - match["target"]["scores"][index]) < 1e-3
     latencies = explored["latencies"]
-    print(f"explorer answers seen by the browser: {len(latencies)}, max {max(latencies):.1f} ms, "
+    # (timed in bench/, not asserted here: the first answer also prepares the pair, and CI machines are shared)
+    print(f"{session['mode']}: explorer answers seen by the browser: {len(latencies)}, max {max(latencies):.1f} ms, "
           f"last {latencies[-1]:.1f} ms (HTTP round trip from the page)")
-    assert max(latencies) < 1000
     # on screen, the target panel is covered by the heatmap: it differs from the matches-only picture
     before = Image.open(session["shots"]["editor"]).convert("RGB")
     after = Image.open(session["shots"]["explorer"]).convert("RGB")
@@ -407,21 +295,25 @@ def test_leaving_the_source_hides_the_heatmap(session):
     assert step(session, "remove")["left"] == {"hover": None, "explored": None}
 
 
-# --- node removal ---------------------------------------------------------------------------------------------------
+# --- node removal, a node without images, help, deprecations ------------------------------------------------------
 def test_removing_the_node_removes_the_editors_listeners(session):
     removed = step(session, "remove")
     assert removed["bad"][0] == 400 and "NaN" in removed["bad"][1]["error"]  # a malformed request from the page
     assert removed["nodeEditor"] is None
     assert removed["listenersAborted"] and removed["explorerAborted"]
-    # events on the detached canvas reach no handler: no hover, no new point, no explorer request
-    assert (removed["hoverAfter"], removed["pointsAfter"], removed["requests"]) == (None, 2, 0)
-    assert removed["canvasInDocument"] is False
+    # events on the detached canvas or the graph reach no handler: no hover, no new point, no explorer request
+    assert (removed["hoverAfter"], removed["pointsAfter"], removed["requests"]) == (None, removed["pointsBefore"], 0)
+    assert removed["widgetKept"] and removed["canvasInDocument"] is False
 
 
-def test_without_images_or_with_bad_json_the_editor_says_so(session):
+def test_links_and_values_reach_a_new_editor_without_drawing(session):
     fresh = step(session, "fresh")
     assert fresh["images"] == [None, None] and "click: add a point" in fresh["status"]
-    assert fresh["error"].startswith("points are not valid JSON: point 0")
+    # a LoadImage linked, another file picked in it, then unlinked: the source panel follows
+    assert f"filename={INPUT_IMAGES[0]}" in fresh["linked"] and f"filename={INPUT_IMAGES[1]}" in fresh["picked"]
+    assert fresh["unlinked"] is None
+    assert fresh["fromLink"] == "points come from a link: editing is off"  # node.isInputConnected
+    assert fresh["error"].startswith("points are not valid JSON: point 0")  # set by a script, seen without drawing
     assert (fresh["value"], fresh["points"]) == ('[{"x": 1}]', 0)  # left as typed, for the user to fix
 
 
@@ -429,5 +321,48 @@ def test_the_help_panel_shows_the_packs_doc(session):
     assert step(session, "help") is True
 
 
-def test_browser_session_is_quick(session):
-    assert session["seconds"] < 120
+def test_the_pack_never_reads_the_deprecated_input_link(session):
+    reads = step(session, "link_reads")
+    newest = session["frontend_info"].mode.startswith("newest")
+    assert reads["spied"] == newest  # 1.58.1's input.link is a deprecated getter; 1.27.10's a plain field
+    assert reads["ours"] == 0, reads["ourCallers"]
+
+
+# --- 1.27.10's experimental Nodes 2.0: no DOM widgets, the points JSON instead ------------------------------------
+@pytest.fixture(scope="module")
+def fallback(request, tmp_path_factory):
+    frontend = open_frontend(request, "bundled-nodes2")
+    shot = tmp_path_factory.mktemp("screenshots-bundled-nodes2") / "points_json.png"
+    typed = stored_json([*STORED, P2])
+    named_steps = [
+        ("install", INSTALL),
+        ("setup", setup_step(frontend)),
+        ("before", call("jsonState")),
+        ("type", call("typeJSON", {"text": typed, "paste": True}, kind="mouse")),
+        ("typed", call("jsonState")),
+        ("queue", call("queue")),
+        ("after_run", call("jsonState")),
+        ("shot", {"screenshot": str(shot)}),
+    ]
+    result = run_session(frontend, named_steps, timeout=200)
+    result["typed_json"] = typed
+    print(f"bundled-nodes2: points JSON browser session {result['seconds']:.1f} s; screenshot {shot}")
+    return result
+
+
+def test_bundled_nodes2_shows_the_points_json_instead_of_the_editor(fallback):
+    setup, before = step(fallback, "setup"), step(fallback, "before")
+    assert not setup["shown"]  # this frontend's Vue nodes mount no custom DOM widget
+    assert before["textareaShown"] and before["widget"] == stored_json(STORED)
+    assert xy(setup["points"]) == STORED  # the editor followed the stored points all the same
+    assert unexpected(fallback["errors"]) == []
+    assert unexpected_responses(fallback, fallback["frontend_info"].server.url) == []
+    assert unexpected_console_errors(fallback) == []
+
+
+def test_bundled_nodes2_typed_points_are_sent_and_kept_through_a_run(fallback):
+    typed, run, after = step(fallback, "typed"), step(fallback, "queue"), step(fallback, "after_run")
+    assert typed["widget"] == fallback["typed_json"] and xy(typed["points"]) == [*STORED, P2]
+    assert run["entry"] and succeeded(run["entry"]), run
+    assert [tuple(p) for p in run["match"]["source"]["points"]] == [*STORED, P2]
+    assert after["widget"] == fallback["typed_json"]  # the run did not touch the stored points

@@ -223,10 +223,17 @@ def imported_modules(path: Path) -> set[str]:
 def test_only_comfy_host_touches_model_patcher_and_model_management():
     runtime = ("comfy.model_management", "comfy.model_patcher", "comfy.utils", "comfy.sd", "comfy.samplers")
     touching = sorted(
-        path.name for path in NODES.glob("*.py")
+        str(path.relative_to(NODES)) for path in NODES.rglob("*.py")
         if any(name.startswith(runtime) or name == "comfy" for name in imported_modules(path))
     )
     assert touching == ["comfy_host.py"]
+
+
+def test_family_adapters_only_describe_model_classes():
+    """nodes/families may read comfy.ldm / comfy.model_base classes, nothing of ComfyUI's runtime."""
+    for path in (NODES / "families").glob("*.py"):
+        comfy = {m for m in imported_modules(path) if m.split(".")[0] == "comfy"}
+        assert all(m.startswith(("comfy.ldm.", "comfy.model_base")) for m in comfy), (path.name, comfy)
 
 
 def test_host_agnostic_modules_never_import_comfyui():

@@ -3,6 +3,9 @@
 // cosine scores; hovering the source shows that point's similarity heatmap there, from the live explorer).
 // Points are ORIGINAL source pixels, pixel centres at integers, kept as KJNodes PointsEditor JSON in the node's
 // `points` widget, so they are saved with the workflow and sent with the prompt.
+// It draws into its own <canvas> inside the DOM widget's element, whether the frontend lays that element over the
+// graph canvas (classic) or inside a Vue node (Nodes 2.0), and it is never drawn by the graph canvas's hooks: it
+// redraws on its own events and resizes, and re-reads the widget before every edit (sync).
 import { api } from "../../../scripts/api.js";
 import { app } from "../../../scripts/app.js";
 import { ExplorerClient, heatCanvas } from "./explorer.js";
@@ -48,7 +51,7 @@ export class PointsEditor {
     this.sync();
   }
 
-  /** Re-read the widget's JSON when it changed outside the editor (workflow loaded, text edited). */
+  /** Re-read the widget's JSON when it changed outside the editor (workflow loaded, text edited, set by a script). */
   sync() {
     const text = String(this.widget.value ?? "");
     if (text === this.text) return;
@@ -109,9 +112,14 @@ export class PointsEditor {
     button.textContent = text;
     button.title = title;
     button.style.cssText = BUTTON_STYLE;
-    button.addEventListener("click", onClick, { signal: this.listeners.signal });
+    this.listen(button, "click", onClick);
     this.bar.append(button);
     return button;
+  }
+
+  /** addEventListener on any target, removed when the editor is disposed. */
+  listen(target, type, handler) {
+    target.addEventListener(type, handler, { signal: this.listeners.signal });
   }
 
   dispose() {
@@ -265,7 +273,6 @@ export class PointsEditor {
   #build(element) {
     element.style.cssText = "display: flex; flex-direction: column; gap: 4px; min-height: 0;";
     this.listeners = new AbortController();
-    const options = { signal: this.listeners.signal };
     this.bar = document.createElement("div");
     this.bar.style.cssText = "display: flex; gap: 6px; align-items: center; font: 11px sans-serif; color: #ccc;";
     this.status = document.createElement("span");
@@ -278,15 +285,18 @@ export class PointsEditor {
     this.pairButton = this.addButton("pair 1/1", "Show the next image pair of the batch", () =>
       this.setMatches(this.matches, (this.pair + 1) % this.matches.length));
     this.pairButton.style.display = "none";
-    this.addButton("Clear", "Remove all points", () => this.#setPoints([]));
+    this.addButton("Clear", "Remove all points", () => {
+      this.sync();
+      if (this.#editable()) this.#setPoints([]);
+    });
 
-    this.canvas.addEventListener("pointerdown", (e) => this.#onPointerDown(e), options);
-    this.canvas.addEventListener("pointermove", (e) => this.#onPointerMove(e), options);
-    this.canvas.addEventListener("pointerup", (e) => this.#onPointerUp(e), options);
-    this.canvas.addEventListener("pointerleave", () => this.#setHover(null), options);
-    this.canvas.addEventListener("contextmenu", (e) => this.#onContextMenu(e), options);
+    this.listen(this.canvas, "pointerdown", (e) => this.#onPointerDown(e));
+    this.listen(this.canvas, "pointermove", (e) => this.#onPointerMove(e));
+    this.listen(this.canvas, "pointerup", (e) => this.#onPointerUp(e));
+    this.listen(this.canvas, "pointerleave", () => this.#setHover(null));
+    this.listen(this.canvas, "contextmenu", (e) => this.#onContextMenu(e));
     // zoom the graph as everywhere else on the canvas
-    this.canvas.addEventListener("wheel", (e) => app.canvas?.processMouseWheel?.(e), options);
+    this.listen(this.canvas, "wheel", (e) => app.canvas?.processMouseWheel?.(e));
     this.resizeObserver = new ResizeObserver(() => this.draw());
     this.resizeObserver.observe(this.canvas);
   }
@@ -314,7 +324,9 @@ export class PointsEditor {
   }
 
   #onPointerDown(event) {
-    if (event.button !== 0 || !this.#editable()) return;
+    if (event.button !== 0) return;
+    this.sync(); // an edit starts from the stored points, whatever happened to the widget since the last event
+    if (!this.#editable()) return;
     const pick = this.#pick(event);
     if (!pick) return;
     event.preventDefault();
@@ -350,6 +362,7 @@ export class PointsEditor {
   #onContextMenu(event) {
     event.preventDefault(); // no browser menu over the editor
     event.stopPropagation();
+    this.sync();
     const pick = this.#pick(event);
     if (!pick || pick.index < 0 || !this.#editable()) return;
     this.#setPoints(this.points.filter((_, i) => i !== pick.index));
@@ -394,8 +407,8 @@ export class PointsEditor {
   }
 
   #linked() {
-    const input = this.node.inputs?.find((slot) => slot.name === this.widget.name);
-    return input?.link != null;
+    const slot = this.node.findInputSlot(this.widget.name);
+    return slot >= 0 && this.node.isInputConnected(slot); // (input.link is deprecated in newer frontends)
   }
 
   /** Whether the shown matches belong to the points as they are now (no points: the run's own, from the mask). */

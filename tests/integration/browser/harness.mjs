@@ -1,16 +1,21 @@
 // Drives ComfyUI's real frontend in headless Chromium for tests (reusable: later tests add their own steps).
 //
 // Usage: node harness.mjs < job.json > result.json
-// job:    {"url": "http://127.0.0.1:8188", "steps": [step, ...], "timeout_ms": 120000, "viewport": [w, h]}
+// job:    {"url": "http://127.0.0.1:8188", "steps": [step, ...], "timeout_ms": 120000, "viewport": [w, h],
+//          "vue_nodes": true|false (optional: wait until the page runs in that mode before the steps)}
 // steps:  {"eval": "async (arg) => ...", "arg": <json>}   run in the page after the app is ready; result recorded
 //         {"wait": "() => <bool>", "timeout_ms": 30000}    poll a predicate in the page
 //         {"screenshot": "/path/file.png", "clip": "() => ({x, y, width, height})"}   the viewport, or the part the
 //                                                  optional page function returns
-//         {"mouse": "(arg) => [action, ...]", "arg": <json>}   real mouse input at positions the page computes;
-//             actions: {"move": [x, y], "steps": n}, {"down": "left"|"right"}, {"up": ...},
-//                      {"click": [x, y], "button": "left"|"right"}, {"pause": ms}
+//         {"mouse": "(arg) => [action, ...]", "arg": <json>}   real mouse and keyboard input at positions the page
+//             computes; actions: {"move": [x, y], "steps": n}, {"down": "left"|"right"}, {"up": ...},
+//                      {"click": [x, y], "button": "left"|"right"}, {"pause": ms},
+//                      {"press": "Control+A"}, {"type": "text typed key by key"}, {"paste": "text in one go"},
+//                      {"wheel": [dx, dy]} (at the pointer)
 // result: {"results": [...one per step...], "console": [...], "errors": [...page errors...],
-//          "failed": ["<status> <url>", ...responses >= 400]}
+//          "failed": ["<status> <url>", ...responses >= 400],
+//          "frontend": {"version": "1.27.10", "vueNodes": false}  (what the page really ran: version, Nodes 2.0),
+//          "startup": s from browser launch to the app being ready, "seconds_per_step": [s per step]}
 // playwright-core comes from npm (PLAYWRIGHT_CORE: its path, else resolved from this file's folders upwards);
 // Chromium from CHROMIUM_PATH (default /usr/bin/chromium).
 import { createRequire } from "node:module";
@@ -30,6 +35,10 @@ const consoleLines = [];
 const errors = [];
 const failed = [];
 const results = [];
+let frontend = null;
+let startup = null; // s from launch until the app was ready
+const seconds = []; // per step
+const launched = Date.now();
 const [width, height] = job.viewport ?? [1600, 1000];
 // A fresh profile directory per run (playwright's persistent context is how it takes --user-data-dir).
 const browser = await chromium.launchPersistentContext(profile, {
@@ -48,7 +57,16 @@ try {
   await page.goto(job.url, { waitUntil: "load" });
   // The app is ready once its graph exists and the node definitions are registered.
   await page.waitForFunction(() => window.app?.graph && window.LiteGraph && Object.keys(LiteGraph.registered_node_types).length > 50);
+  if (job.vue_nodes !== undefined) {  // the mode the test asked for (setting Comfy.VueNodes.Enabled) is on
+    await page.waitForFunction((on) => Boolean(LiteGraph.vueNodesMode) === on, job.vue_nodes, { timeout: 20000 });
+  }
+  startup = (Date.now() - launched) / 1000;
+  frontend = await page.evaluate(() => ({
+    version: window.__COMFYUI_FRONTEND_VERSION__ ?? null,
+    vueNodes: Boolean(LiteGraph.vueNodesMode),
+  }));
   for (const step of job.steps) {
+    const started = Date.now();
     if (step.eval !== undefined) {
       results.push(await page.evaluate(async ([source, arg]) => (0, eval)(`(${source})`)(arg), [step.eval, step.arg ?? null]));
     } else if (step.wait !== undefined) {
@@ -66,12 +84,17 @@ try {
         else if (action.up) await page.mouse.up({ button: action.up });
         else if (action.click) await page.mouse.click(...action.click, { button: action.button ?? "left" });
         else if (action.pause) await page.waitForTimeout(action.pause);
+        else if (action.press) await page.keyboard.press(action.press);
+        else if (action.type !== undefined) await page.keyboard.type(action.type);
+        else if (action.paste !== undefined) await page.keyboard.insertText(action.paste);
+        else if (action.wheel) await page.mouse.wheel(...action.wheel);
         else throw new Error(`unknown mouse action ${JSON.stringify(action)}`);
       }
       results.push(actions);
     } else {
       throw new Error(`unknown step ${JSON.stringify(step)}`);
     }
+    seconds.push((Date.now() - started) / 1000);
   }
 } catch (error) {
   errors.push(`harness: ${error?.stack ?? error}`);
@@ -79,4 +102,4 @@ try {
   await browser.close();
   rmSync(profile, { recursive: true, force: true });
 }
-process.stdout.write(JSON.stringify({ results, console: consoleLines, errors, failed }));
+process.stdout.write(JSON.stringify({ results, console: consoleLines, errors, failed, frontend, startup, seconds_per_step: seconds }));

@@ -5,6 +5,9 @@
 * DiTFTestRandomConditioning - real text encoders cannot be made tiny; random CONDITIONING of any width;
 * DiTFTestFaultyModel - a clone of a MODEL whose first block raises: an error in the middle of a forward pass;
 * DiTFTestGate - an output node that holds the queue until the test creates a file (bounded by a timeout);
+* DiTFTestTinyClipVision - Load CLIP Vision only accepts full-size DINOv2 / CLIP checkpoints (it picks the config
+  by tensor names), so a tiny one (JSON config in the file's metadata) is built here into the same
+  ``comfy.clip_vision.ClipVisionModel`` the stock loader returns;
 * DiTFTestExplorerPair - puts a synthetic feature pair with a known answer into the pack's explorer cache (as
   Correspondence Match does) and shows its id: the explorer route tested on a full-width 40 x 40 x 3072 pair.
 """
@@ -46,6 +49,32 @@ class TinyFluxLoader(io.ComfyNode):
         patcher = comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                                    offload_device=comfy.model_management.unet_offload_device())
         return io.NodeOutput(patcher)
+
+
+class TinyClipVision(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        names = [n for n in folder_paths.get_filename_list("clip_vision") if n.startswith("ditf_test_")]
+        return io.Schema(node_id="DiTFTestTinyClipVision", category="DiTF/test", description="Test only: tiny vision.",
+                         inputs=[io.Combo.Input("name", options=names, tooltip="tiny CLIP vision / DINOv2 file")],
+                         outputs=[io.ClipVision.Output(tooltip="tiny CLIP_VISION")])
+
+    @classmethod
+    def execute(cls, name):
+        import tempfile
+
+        import comfy.clip_vision
+
+        path = folder_paths.get_full_path_or_raise("clip_vision", name)
+        with safe_open(path, framework="pt") as handle:
+            config = handle.metadata()["ditf_clip_vision_config"]
+        with tempfile.TemporaryDirectory() as folder:
+            config_path = os.path.join(folder, "config.json")
+            with open(config_path, "w") as handle:
+                handle.write(config)
+            model = comfy.clip_vision.ClipVisionModel(config_path)
+        model.load_sd(load_file(path))
+        return io.NodeOutput(model)
 
 
 class RandomConditioning(io.ComfyNode):
@@ -133,7 +162,7 @@ def _pack_prefix() -> str:
 
 class TestExtension(ComfyExtension):
     async def get_node_list(self):
-        return [TinyFluxLoader, RandomConditioning, FaultyModel, Gate, ExplorerPair]
+        return [TinyFluxLoader, TinyClipVision, RandomConditioning, FaultyModel, Gate, ExplorerPair]
 
 
 async def comfy_entrypoint():
