@@ -130,4 +130,3 @@ def run(args, progress) -> int:
         write_json(args.output, {**meta, "settings": settings, **result}, default=str)
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
-
