@@ -29,10 +29,10 @@ from __future__ import annotations
 import sys
 
 from .cli_args import ArgumentParser, Progress
-from .commands import cosegment, demo, evaluate, extract, inspect, propagate, track, tune
+from .commands import cosegment, demo, evaluate, extract, extract_dataset, inspect, propagate, track, tune
 from .errors import DiTFInputError
 
-COMMANDS = (extract, inspect, demo, evaluate, propagate, track, cosegment, tune)
+COMMANDS = (extract, extract_dataset, inspect, demo, evaluate, propagate, track, cosegment, tune)
 USER_ERRORS = (DiTFInputError, ValueError, TypeError, OSError)
 INTERRUPTED = "interrupted: stopped before finishing; nothing half-written is left, an output folder keeps what it held"
 

@@ -28,7 +28,9 @@ def add_output_argument(parser: argparse.ArgumentParser, default: str) -> None:
                         help=f"output folder, created if needed (default {default}); see the README for its files")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, *, load_blocks: bool = True) -> None:
+    """The model options; ``load_blocks`` adds --load-blocks, for commands that capture up to a few layers (early
+    exit) and pass them to ``load_planned`` (a command that runs every block leaves it out)."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", type=Path, help="diffusers folder or .safetensors transformer")
     group.add_argument("--demo", action="store_true", help="use the tiny RANDOM-weight demo DiT (a smoke test)")
@@ -39,6 +41,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="precomputed conditioning: .safetensors with text_embeds, pooled")
     group.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="transformer dtype (default: auto)")
+    if load_blocks:
+        group.add_argument("--load-blocks", choices=["auto", "all"], default="auto",
+                           help="auto (default): read only the transformer blocks up to the deepest layer captured "
+                                "(a sweep: all); all: every block")
 
 
 def add_sampling_arguments(group) -> None:
@@ -49,7 +55,8 @@ def add_sampling_arguments(group) -> None:
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     group.add_argument("--prompt", default="", help="text prompt (default empty); needs the model's text encoders")
     group.add_argument("--guidance", type=float, default=3.5, help="Flux-dev guidance value (default 3.5)")
-    group.add_argument("--micro-batch", type=int, help="rows per transformer pass, to bound memory")
+    group.add_argument("--micro-batch", type=int,
+                       help="rows per transformer pass, to bound memory (default: all; on CUDA what fits)")
 
 
 def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +121,9 @@ class Progress:
 def model_banner(pipeline) -> str:
     info = pipeline.describe()
     warning = "  [RANDOM WEIGHTS: demo model, features are not meaningful]" if "demo" in pipeline.name else ""
+    held = pipeline.loaded_depth
+    loaded = f" [blocks 0..{held - 1} loaded]" if held < info["depth"] else ""
     return (
-        f"model: {pipeline.name} ({info['family']}, {info['depth']} blocks, hidden {info['hidden_size']}, "
+        f"model: {pipeline.name} ({info['family']}, {info['depth']} blocks{loaded}, hidden {info['hidden_size']}, "
         f"{pipeline.device}/{str(pipeline.dtype).removeprefix('torch.')}, text: {info['text']}){warning}"
     )

@@ -4,7 +4,8 @@ A typo should cost a second, not a model load: :func:`plan_model` resolves and c
 the header of every .safetensors file, never the weights; the transformer is built on the meta device for its
 structure), the device and the conditioning, and :func:`check_extract_options` / :func:`check_layer_list` check the
 settings against that structure. Every problem is a :class:`~ditf_core.errors.DiTFInputError` whose message names
-the option. :func:`load_planned` then does the slow part.
+the option. :func:`load_planned` then does the slow part; given the layers a command captures, it reads only the
+transformer blocks up to the deepest one (``--load-blocks auto``, see :mod:`ditf_core.block_loading`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ RESOLUTION_RANGE = (16, 4096)  # as the nodes' resolution input
 @dataclass(frozen=True)
 class ModelPlan:
     """The model a command will load, checked. files None: the built-in demo DiT. skeleton: the transformer on
-    the meta device (structure, no weights). text_embeds: the --text-embeds conditioning, already read."""
+    the meta device (structure, no weights). text_embeds: the --text-embeds conditioning, already read.
+    load_blocks: --load-blocks ("all" for a command without the option)."""
 
     files: ModelFiles | None
     skeleton: nn.Module
@@ -43,6 +45,7 @@ class ModelPlan:
     device: torch.device | None
     dtype: torch.dtype | None
     text_embeds: FixedPromptEncoder | None
+    load_blocks: str = "all"
 
     @property
     def encodes_prompts(self) -> bool:
@@ -73,7 +76,7 @@ def plan_model(args, *, demo_by_default: bool = False) -> ModelPlan:
         files, skeleton = probe.files, probe.skeleton
     family = family_for(skeleton)
     text_embeds = _read_text_embeds(args.text_embeds, skeleton, family) if args.text_embeds is not None else None
-    plan = ModelPlan(files, skeleton, family, device, dtype, text_embeds)
+    plan = ModelPlan(files, skeleton, family, device, dtype, text_embeds, getattr(args, "load_blocks", "all"))
     _check_prompt(args, plan)
     return plan
 
@@ -170,6 +173,12 @@ def check_layer_list(layers: Sequence[int], plan: ModelPlan, option: str) -> lis
     return layers
 
 
+def captured_layers(options: dict, plan: ModelPlan) -> list[int]:
+    """The block an extraction with ``options`` (:func:`check_extract_options`' result) captures, for
+    :func:`load_planned`: --layer, or the family's default layer."""
+    return [plan.family.defaults(plan.skeleton).layer if options["layer"] is None else options["layer"]]
+
+
 def parse_layers(text: str | None, plan: ModelPlan, option: str = "--layers") -> list[int] | None:
     """--layers text -> checked block indices in the order given, or None when left out."""
     return None if text is None else check_layer_list(parse_index_list(text, option), plan, option)
@@ -200,12 +209,18 @@ def check_folder_option(path: Path, option: str, alternative: str = "") -> None:
         raise DiTFInputError(f"{option} {path} is a file, not a folder; give a folder{' ' + alternative if alternative else ''}")
 
 
-def load_planned(plan: ModelPlan) -> DiTFPipeline:
-    """The slow part: read the weights of the planned model (or build the demo DiT)."""
+def load_planned(plan: ModelPlan, layers: Sequence[int] | None = None) -> DiTFPipeline:
+    """The slow part: read the weights of the planned model (or build the demo DiT, always whole).
+
+    layers: the checked blocks the command captures (early exit: no deeper block runs); with --load-blocks auto
+    only blocks 0..max(layers) are read. None: the command runs every block (a sweep), so every block is read.
+    """
     if plan.files is None:
         pipeline = DiTFPipeline.demo(device=plan.device, dtype=plan.dtype)
     else:
-        pipeline = DiTFPipeline.from_files(plan.files, device=plan.device, dtype=plan.dtype)
+        blocks = plan.load_blocks if layers else "all"
+        pipeline = DiTFPipeline.from_files(plan.files, device=plan.device, dtype=plan.dtype, load_blocks=blocks,
+                                           layers=layers)
     if plan.text_embeds is not None:
         pipeline.prompt_encoder = plan.text_embeds
     return pipeline

@@ -16,6 +16,9 @@ Three steps, so that a command line can check everything before the slow part: :
 what the user named into the files of each part, :func:`probe_model` checks them without reading a weight (the
 configs, the header of every ``.safetensors`` file, the transformer built on the meta device for its structure),
 and :func:`load_model` reads the weights. ``DiTFPipeline.from_pretrained`` runs all three.
+
+``load_blocks="auto"`` builds and reads only the transformer blocks an early-exit capture runs (0..k, k the deepest
+of ``layers``, see :mod:`ditf_core.block_loading`); ``"all"`` (the default) loads the whole transformer.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .block_loading import can_truncate, load_through_block
 from .errors import DiTFInputError, UnsupportedModelError
 from .families import DiTFamily, family_for, supported_families
 from .latents import check_vae_fits
 from .releases import CONFIGS, read_header, transformer_preset, vae_preset
 from .wording import first_line
 
+LOAD_BLOCKS = ("auto", "all")
 TRANSFORMER_CLASSES = (
     "FluxTransformer2DModel", "SD3Transformer2DModel", "Flux2Transformer2DModel", "ChromaTransformer2DModel",
     "QwenImageTransformer2DModel", "Lumina2Transformer2DModel", "ZImageTransformer2DModel",
@@ -137,11 +142,16 @@ def probe_model(files: ModelFiles) -> ModelProbe:
     return ModelProbe(files, skeleton, family)
 
 
-def load_model(files: ModelFiles, *, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Read the weights of ``files``: the transformer in ``dtype``, the VAE in float32, the text encoders if any."""
+def load_model(files: ModelFiles, *, device: torch.device, dtype: torch.dtype, load_blocks: str = "all",
+               layers=None) -> LoadedModel:
+    """Read the weights of ``files``: the transformer in ``dtype``, the VAE in float32, the text encoders if any.
+
+    load_blocks: "all" or "auto" (only blocks 0..max(layers); without ``layers`` through the family's default layer
+    of the full model), as :func:`load_transformer`.
+    """
     config = files.config if files.transformer.is_file() else None
-    transformer = _loading("transformer", files.transformer, lambda: load_transformer(files.transformer,
-                                                                                    config=config, dtype=dtype))
+    transformer = _loading("transformer", files.transformer, lambda: load_transformer(
+        files.transformer, config=config, dtype=dtype, load_blocks=load_blocks, layers=layers, device=device))
     vae = _loading("VAE", files.vae, lambda: load_vae(files.vae, transformer=transformer))
     prompt_encoder = None
     if files.text_folder is not None:
@@ -150,18 +160,27 @@ def load_model(files: ModelFiles, *, device: torch.device, dtype: torch.dtype) -
     return LoadedModel(transformer, vae, prompt_encoder, files.name)
 
 
-def load_transformer(path, *, config=None, dtype=torch.float32):
-    """A diffusers transformer of a supported family from a folder (``config.json``) or a single .safetensors
-    file."""
+def load_transformer(path, *, config=None, dtype=torch.float32, load_blocks="all", layers=None, device="cpu"):
+    """A diffusers transformer of a supported family from a folder (``config.json``) or a single .safetensors file.
+
+    load_blocks "auto": for Flux and SD3 only blocks 0..max(layers), read straight onto ``device`` (see
+    :func:`ditf_core.block_loading.load_through_block`); the other families load whole. "all": the whole model, on
+    the CPU.
+    """
+    if load_blocks not in LOAD_BLOCKS:
+        raise DiTFInputError(f"load_blocks must be 'auto' or 'all', got {load_blocks!r}")
     path = _existing(path, "transformer")
     if path.is_dir():
-        model_class = _transformer_class(_class_name(path), path)
-        _check_loadable(model_class, path)
-        return model_class.from_pretrained(str(path), **_local(dtype))
-    _check_safetensors(path)
-    config_dir = _existing(config, "config") if config is not None else CONFIGS / transformer_preset(path)
+        config_dir = path
+    else:
+        _check_safetensors(path)
+        config_dir = _existing(config, "config") if config is not None else CONFIGS / transformer_preset(path)
     model_class = _transformer_class(_class_name(config_dir), config_dir)
     _check_loadable(model_class, path)
+    if load_blocks == "auto" and can_truncate(model_class):
+        return load_through_block(model_class, config_dir, path, layers=layers, dtype=dtype, device=device)
+    if path.is_dir():
+        return model_class.from_pretrained(str(path), **_local(dtype))
     source = str(path)
     if model_class.__name__ == "QwenImageTransformer2DModel":
         # diffusers maps Qwen-Image files as they are, so ComfyUI's "model.diffusion_model." prefix would leave every

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from . import latents as latent_spaces
+from .block_loading import full_structure, loaded_depth
+from .capture import check_layers
 from .conditioning import ZeroPromptEncoder
 from .errors import DiTFInputError
 from .features import DiTFeatures
@@ -24,6 +26,7 @@ from .images import as_image_batch, resize_for_model
 from .loading import ModelFiles, find_model_files, load_model, probe_model
 from .mapping import PixelMapping
 from .massive import find_massive_channels
+from .micro_batch import auto_micro_batch
 from .recipe import (
     EnsembleCapture,
     ProgressFn,
@@ -98,30 +101,35 @@ class DiTFPipeline:
         self.transformer = _move(transformer, self.device, self.dtype)
         self.vae = _move(latent_spaces.check_vae_fits(vae, self.family, transformer), self.device, torch.float32)
         self.prompt_encoder = prompt_encoder or ZeroPromptEncoder(transformer)
-        self.defaults = self.family.defaults(transformer)
+        self.defaults = self.family.defaults(full_structure(transformer))  # of the full model, even if truncated
         self.name = name or type(transformer).__name__
         self.vae_encode_calls = 0
 
     # --- constructors -----------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
-        cls, path, *, vae=None, config=None, text_encoders: bool = True, device=None, dtype=None
+        cls, path, *, vae=None, config=None, text_encoders: bool = True, device=None, dtype=None,
+        load_blocks: str = "all", layers: Sequence[int] | None = None,
     ) -> DiTFPipeline:
         """Load from a local diffusers folder or a single .safetensors transformer (see :mod:`ditf_core.loading`).
 
         vae: the VAE (folder or .safetensors) when ``path`` holds only a transformer; config: the diffusers config
         folder of a single-file transformer that is not a known release; text_encoders: use the folder's text
         encoders for prompts (False: zero conditioning). Every file is checked before any weight is read.
+        load_blocks: "all", or "auto" for only the transformer blocks 0..max(layers) (without ``layers``: through
+        the family's default layer); such a pipeline refuses deeper layers with a message saying to load "all".
         """
         files = probe_model(find_model_files(path, vae=vae, config=config, text_encoders=text_encoders)).files
-        return cls.from_files(files, device=device, dtype=dtype)
+        return cls.from_files(files, device=device, dtype=dtype, load_blocks=load_blocks, layers=layers)
 
     @classmethod
-    def from_files(cls, files: ModelFiles, *, device=None, dtype=None) -> DiTFPipeline:
+    def from_files(cls, files: ModelFiles, *, device=None, dtype=None, load_blocks: str = "all",
+                   layers: Sequence[int] | None = None) -> DiTFPipeline:
         """Load model files already found by :func:`~ditf_core.loading.find_model_files` and checked by
-        :func:`~ditf_core.loading.probe_model` (use the files it returns)."""
+        :func:`~ditf_core.loading.probe_model` (use the files it returns); load_blocks / layers as
+        :meth:`from_pretrained`."""
         device, dtype = resolve_device_dtype(device, dtype)
-        parts = load_model(files, device=device, dtype=dtype)
+        parts = load_model(files, device=device, dtype=dtype, load_blocks=load_blocks, layers=layers)
         return cls(parts.transformer, parts.vae, parts.prompt_encoder, device=device, dtype=dtype, name=parts.name)
 
     @classmethod
@@ -139,10 +147,21 @@ class DiTFPipeline:
 
     @property
     def depth(self) -> int:
-        return len(self.family.blocks(self.transformer))
+        """Blocks of the full model (also when only the first blocks were loaded, see :attr:`loaded_depth`)."""
+        return len(self.family.blocks(full_structure(self.transformer)))
+
+    @property
+    def loaded_depth(self) -> int:
+        """Blocks held in memory: :attr:`depth`, or fewer after ``load_blocks="auto"``."""
+        return loaded_depth(self.transformer)
 
     def describe(self) -> dict:
-        return {"name": self.name, **self.family.fingerprint(self.transformer), "text": self.prompt_encoder.description}
+        """The full model's fingerprint, also for a truncated load: its features are the same, so caches keyed by
+        it are shared."""
+        full = full_structure(self.transformer)
+        fingerprint = self.family.fingerprint(self.transformer)
+        return {"name": self.name, **fingerprint, "depth": self.depth, "split": self.family.split(full),
+                "text": self.prompt_encoder.description}
 
     # --- extraction -------------------------------------------------------------------------------------
     @property
@@ -219,6 +238,8 @@ class DiTFPipeline:
 
         One early-exit pass per micro-batch captures every block in ``layers`` (default: the settings' layer);
         each comes back ensemble-averaged with its own modulation (:class:`~ditf_core.recipe.EnsembleCapture`).
+        micro_batch: (draw x image) rows per pass; None runs all rows at once on the CPU and as many as the free
+        memory holds on CUDA (:mod:`ditf_core.micro_batch`).
         images and settings as in :meth:`extract` (``mode`` is validated but not used here).
         available_memory: free bytes on ``self.device`` (the caller measures them: device memory on a GPU,
         available RAM on the CPU); without a ``micro_batch`` it sets the images per pass, and a capture that
@@ -226,6 +247,8 @@ class DiTFPipeline:
         against what the model takes (:meth:`~ditf_core.families.DiTFamily.check_resolution`) first.
         """
         s = self.settings(**settings)
+        layers = [s.layer] if layers is None else list(layers)
+        self._check_loaded(layers)
         pixels = as_image_batch(images)
         mapping = self.family.check_resolution(self.transformer, (pixels.shape[-1], pixels.shape[-2]), s.resolution)
         if available_memory is not None and micro_batch is None:
@@ -239,11 +262,18 @@ class DiTFPipeline:
         latents = self.encode(pixels, mapping, s.ensemble, generator)
         noise = draw_noise(latents.shape, generator)
         text_embeds, pooled = self.prompt_encoder(s.prompt)
+        if micro_batch is None:  # on CUDA: as many rows per pass as the free memory holds
+            micro_batch = auto_micro_batch(
+                self.device, rows=s.ensemble * pixels.shape[0], images=pixels.shape[0],
+                image_tokens=latents.shape[-2] * latents.shape[-1] // self.family.patch**2,
+                text_tokens=text_embeds.shape[-2], hidden_size=self.family.hidden_size(self.transformer),
+                dtype=self.dtype, layers=len(set(layers)),
+            )
         captured = capture_ensemble(
             self.transformer,
             latents,
             t=s.t,
-            layers=[s.layer] if layers is None else list(layers),
+            layers=layers,
             text_embeds=text_embeds,
             pooled=pooled,
             noise=noise,
@@ -253,6 +283,16 @@ class DiTFPipeline:
             family=self.family,
         )
         return PipelineCapture(layers=captured, settings=s, mapping=mapping, pixels=pixels)
+
+    def _check_loaded(self, layers: list[int]) -> None:
+        """Layers out of the FULL model's range get the usual message; layers beyond a truncated load say so."""
+        deepest = max(check_layers(full_structure(self.transformer), self.family, layers))
+        if deepest >= self.loaded_depth:
+            raise DiTFInputError(
+                f"layer {deepest} is beyond the blocks loaded: this pipeline holds blocks "
+                f"0..{self.loaded_depth - 1} of {self.depth} (loaded with load_blocks='auto'); load the model with "
+                "load_blocks='all' (CLI: --load-blocks all) or ask for that layer when loading (CLI: --layer)"
+            )
 
     def encode(
         self, pixels: torch.Tensor, mapping: PixelMapping, ensemble: int, generator: torch.Generator

@@ -291,7 +291,7 @@ def test_border_keypoints_are_clamped_into_the_image(tmp_path):
 class FakePipeline:
     """Stands in for DiTFPipeline in the CLI (which must only need this surface): the synthetic extractor."""
 
-    name, device, dtype = "fake", "cpu", torch.float32
+    name, device, dtype, loaded_depth = "fake", "cpu", torch.float32, 6
 
     def __init__(self):
         self.extractor = SyntheticExtractor()

@@ -16,7 +16,7 @@ def add_command(commands) -> None:
     parser = commands.add_parser(NAME, help="the whole pipeline on the bundled sample images (default: demo DiT)",
                                  description=__doc__)
     add_output_argument(parser, "ditf_demo")
-    add_model_arguments(parser)
+    add_model_arguments(parser, load_blocks=False)  # the demo sweeps every block
     add_extract_arguments(parser)
     parser.set_defaults(run=run)
 

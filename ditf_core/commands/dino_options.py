@@ -4,6 +4,7 @@ their checks before any model loads, loading DINOv2 after the DiT, and the fusio
     add_dino_arguments(parser)                          # --dino PATH, --dit-weight, --dino-resolution [, --dino-pca]
     check_dino_options(args, plan, image_sizes)         # before the DiT loads
     dino = load_dino(args, pipeline)                    # None without --dino
+    extractor, settings = cached_extractor(pipeline, dino, args, options)  # per image, for a feature store
     fused = fuse_images(dino, args, features, images)   # --dino-pca: one PCA over all of them
 """
 
@@ -86,6 +87,22 @@ def fusing_extractor(extract: Callable, dino, args) -> Callable:
 def fusion_cache_settings(dino, args) -> dict:
     """What the fusion adds to a feature cache key."""
     return {"dino": dino.describe(), "dit_weight": args.dit_weight, "dino_resolution": args.dino_resolution}
+
+
+def cached_extractor(pipeline, dino, args, options: dict) -> tuple[Callable, dict]:
+    """The ``image -> DiTFeatures`` extractor of a run that keeps per-image features in a feature store (the PCK
+    benchmarks, extract-dataset): ``pipeline.extract(image, **options)``, fused with ``dino`` when given; and the
+    settings that key its store entries (the model and every extraction setting; fused features apart)."""
+    from ..dataset.store import extraction_settings
+
+    settings = extraction_settings(pipeline, args.model, options)
+    if dino is not None:
+        settings["fusion"] = fusion_cache_settings(dino, args)
+
+    def extract(image) -> DiTFeatures:
+        return pipeline.extract(image, **options)
+
+    return fusing_extractor(extract, dino, args), settings
 
 
 def _check_pca_dims(args, plan: ModelPlan, image_sizes: Sequence[tuple[int, int]]) -> None:

@@ -7,20 +7,33 @@ PCK: prints a per-category table (percent) and writes the full result as JSON (`
 per image under ``--cache`` (default ``.ditf_cache/eval``), so an interrupted run resumes where it stopped.
 Matching defaults to "exact", the paper protocol; ``--match fast`` is the feature-resolution variant. ``--dino
 PATH`` fuses the features with a local DINOv2 (the paper's dagger setting; fused features are cached apart).
+
+The PCK benchmarks also run under ``torchrun --nproc_per_node N -m ditf_core.eval BENCHMARK ...``: every rank
+extracts its share of the images the cache lacks (each image once, whatever the number of pairs it is in), then
+rank 0 scores from the cache and prints and writes the results (:func:`ditf_core.eval.harness.evaluate_on_ranks`).
+``davis`` and ``tapvid`` run in one process.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
 from ..cli_args import add_extract_arguments, add_model_arguments, model_banner
-from ..cli_checks import check_extract_options, check_folder_option, check_output_file, load_planned, plan_model
+from ..cli_checks import (
+    captured_layers,
+    check_extract_options,
+    check_folder_option,
+    check_output_file,
+    load_planned,
+    plan_model,
+)
 from ..errors import DiTFInputError
 from ..outputs import write_json
 from ..wording import plural
-from .dino_options import add_dino_arguments, check_dino_options, fusing_extractor, fusion_cache_settings, load_dino
+from .dino_options import add_dino_arguments, cached_extractor, check_dino_options, load_dino
 from .evaluate_video import add_video_benchmarks
 
 NAME = "eval"
@@ -63,10 +76,16 @@ def add_pck_benchmark(benchmarks, dataset: str, title: str, folder: str) -> None
 
 
 def run(args, progress) -> int:
+    from ..dataset import device_for_rank, process_group, ranks_from_env
     from ..eval.datasets import READERS
-    from ..eval.harness import evaluate
+    from ..eval.harness import evaluate, evaluate_on_ranks
     from ..eval.pck import format_table
 
+    ranks = ranks_from_env()  # under torchrun: every rank extracts its share, rank 0 scores
+    if ranks.launched and args.no_cache:
+        raise DiTFInputError("under torchrun the ranks hand their features to rank 0 through the cache: drop "
+                             "--no-cache (or run in one process)")
+    args.device = device_for_rank(args.device, ranks)  # each rank its own GPU
     if args.limit is not None and args.limit < 1:
         raise DiTFInputError(f"--limit must be a positive number of pairs, got {args.limit}")
     if args.output is not None:
@@ -84,29 +103,24 @@ def run(args, progress) -> int:
     options = check_extract_options(args, plan, [])
     check_dino_options(args, plan, [])
 
-    pipeline = load_planned(plan)
+    pipeline = load_planned(plan, captured_layers(options, plan))
     dino = load_dino(args, pipeline)
-    print(model_banner(pipeline), file=sys.stderr)
-    settings = cache_settings(pipeline, args, options)
-    if dino is not None:  # fused features get their own cache entries
-        settings["fusion"] = fusion_cache_settings(dino, args)
-
-    def extractor(image):
-        return pipeline.extract(image, **options)
-
-    extractor = fusing_extractor(extractor, dino, args)
+    if ranks.main:
+        print(model_banner(pipeline), file=sys.stderr)
+    extractor, settings = cached_extractor(pipeline, dino, args, options)  # fused features: their own cache key
 
     started = time.perf_counter()
-    result = evaluate(
-        pairs,
-        extractor,
-        match=args.match,
-        alphas=args.alphas,
-        cache_dir=None if args.no_cache else args.cache,
-        cache_settings=settings,
-        keep_predictions=args.predictions,
-        progress=None if args.quiet else progress.bar("evaluate", "pair"),
-    )
+    scoring = dict(match=args.match, alphas=args.alphas, cache_dir=None if args.no_cache else args.cache,
+                   cache_settings=settings, keep_predictions=args.predictions,
+                   progress=None if args.quiet else progress.bar("evaluate", "pair"))
+    if not ranks.launched:
+        result = evaluate(pairs, extractor, **scoring)
+    else:
+        with process_group(ranks, pipeline.device):
+            result = evaluate_on_ranks(pairs, extractor, ranks=ranks, show_progress=not args.quiet, **scoring)
+        if result is None:  # not rank 0: its share is in the cache
+            return 0
+        print(json.dumps({"extraction": result["extraction"]}), file=sys.stderr)
     elapsed = time.perf_counter() - started
     print(format_table(result["summary"]))
     print(f"{plural(len(pairs), 'pair')} in {elapsed:.1f}s; features extracted {result['features']['extracted']}, "
@@ -116,15 +130,3 @@ def run(args, progress) -> int:
         write_json(args.output, {**meta, "settings": settings, **result}, default=str)
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
-
-
-def cache_settings(pipeline, args, options: dict) -> dict:
-    """Everything that changes the features: the model (fingerprint, path, dtype) and resolved settings."""
-    names = ("layer", "t", "ensemble", "resolution", "seed", "mode", "prompt", "guidance")
-    resolved = pipeline.settings(**{k: options[k] for k in names})
-    return {
-        "model": pipeline.describe(),
-        "model_path": "demo" if args.model is None else str(Path(args.model).resolve()),
-        "dtype": str(pipeline.dtype),
-        "extract": {**resolved.__dict__, "discard": options["discard"]},
-    }

@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..cli_args import add_model_arguments, model_banner
-from ..cli_checks import check_folder_option, check_output_file, load_planned
+from ..cli_checks import check_folder_option, check_output_file
 from ..errors import DiTFInputError
 from ..outputs import OutputFolder, write_json
 from ..wording import plural
@@ -62,8 +62,10 @@ def add_video_benchmarks(benchmarks) -> None:
 
 
 def run_davis(args, progress) -> int:
+    from ..dataset import single_process_only
     from ..eval import davis
 
+    single_process_only("eval davis")
     if not args.no_cache:
         check_folder_option(args.cache, "--cache", "or --no-cache")
     sequences = _chosen(davis.read_davis(args.root, args.split), args.sequence, "--sequence",
@@ -72,7 +74,7 @@ def run_davis(args, progress) -> int:
     settings = propagation_settings(args)
     plan = plan_video(args, sizes)
     with OutputFolder(args.output, "eval davis", option="--output", note=progress.note) as folder:
-        pipeline = load_planned(plan.model)
+        pipeline = plan.load()
         print(model_banner(pipeline), file=sys.stderr)
         record = {**plan.record(pipeline), "propagation": asdict(settings), "root": str(args.root.resolve()),
                   "split": args.split}
@@ -94,8 +96,10 @@ def run_davis(args, progress) -> int:
 
 
 def run_tapvid(args, progress) -> int:
+    from ..dataset import single_process_only
     from ..eval import tapvid
 
+    single_process_only("eval tapvid")
     if args.save_npz is not None:
         check_output_file(args.save_npz, "--save-npz", "tapvid_davis.npz")
         if args.save_npz.suffix != ".npz":
@@ -109,7 +113,7 @@ def run_tapvid(args, progress) -> int:
     settings = track_settings(args)
     plan = plan_video(args, [(entry["video"].shape[2], entry["video"].shape[1]) for entry in data.values()])
     with OutputFolder(args.output, "eval tapvid", option="--output", note=progress.note) as folder:
-        pipeline = load_planned(plan.model)
+        pipeline = plan.load()
         print(model_banner(pipeline), file=sys.stderr)
         started = time.perf_counter()
         result = tapvid.evaluate_tapvid(data, plan.source(pipeline), mode=args.query_mode, settings=settings,

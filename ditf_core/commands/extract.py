@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 
 from ..cli_args import add_extract_arguments, add_model_arguments, add_output_argument, model_banner
-from ..cli_checks import check_distinct_stems, check_extract_options, check_images, load_planned, plan_model
+from ..cli_checks import (
+    captured_layers,
+    check_distinct_stems,
+    check_extract_options,
+    check_images,
+    load_planned,
+    plan_model,
+)
+from ..errors import DiTFInputError
 from ..outputs import OutputFolder, save_image
 from ..wording import plural
 from .dino_options import add_dino_arguments, check_dino_options, fuse_images, load_dino
@@ -37,7 +45,7 @@ def run(args, progress) -> int:
     options = check_extract_options(args, plan, [image.size for image in images])
     check_dino_options(args, plan, [image.size for image in images])
     with OutputFolder(args.out, NAME, note=progress.note) as folder:
-        pipeline = load_planned(plan)
+        pipeline = load_planned(plan, captured_layers(options, plan))
         dino = load_dino(args, pipeline)
         print(model_banner(pipeline))
         results = []

@@ -42,6 +42,7 @@ def run(args, progress) -> int:
     images = check_images(args.images) if args.images else list(sample_pair()[:2])
     plan = plan_model(args)
     layers = parse_layers(args.layers, plan)
+    default = [plan.family.defaults(plan.skeleton).layer]  # with --no-sweep and no --layers, the only one captured
     check_sampling_options(args, plan, [images[0].size])  # one batch, one size: all are resized to the first's
     for option, value in (("--ratio", args.ratio), ("--weak-ratio", args.weak_ratio)):
         try:
@@ -55,7 +56,7 @@ def run(args, progress) -> int:
         raise DiTFInputError(f"--cache-dir {args.cache_dir} is a file, not a folder")
 
     with OutputFolder(args.out, NAME, note=progress.note) as folder:
-        pipeline = load_planned(plan)
+        pipeline = load_planned(plan, None if not args.no_sweep else layers or default)
         print(model_banner(pipeline))
         if len({image.size for image in images}) > 1:  # the statistics do not need the aspect
             width, height = images[0].size

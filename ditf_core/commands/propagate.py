@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from ..cli_args import model_banner
-from ..cli_checks import load_planned
 from ..errors import DiTFInputError
 from ..images import tensor_to_pil
 from ..outputs import OutputFolder, save_image
@@ -52,7 +51,7 @@ def run(args, progress) -> int:
     plan = plan_video(args, [frames.size])
     names = frames.names()
     with OutputFolder(args.out, NAME, note=progress.note) as folder:
-        pipeline = load_planned(plan.model)
+        pipeline = plan.load()
         print(model_banner(pipeline))
         started = time.perf_counter()
         labelled = propagate_clip(plan.source(pipeline), frames, first, keyframes=keyframes, settings=settings,

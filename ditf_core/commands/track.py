@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from ..cli_args import model_banner
-from ..cli_checks import load_planned
 from ..errors import DiTFInputError
 from ..images import tensor_to_pil
 from ..matching.points import check_points
@@ -50,7 +49,7 @@ def run(args, progress) -> int:
     plan = plan_video(args, [frames.size])
     names = frames.names()
     with OutputFolder(args.out, NAME, note=progress.note) as folder:
-        pipeline = load_planned(plan.model)
+        pipeline = plan.load()
         print(model_banner(pipeline))
         started = time.perf_counter()
         history, record = [], []

@@ -18,9 +18,10 @@ import torch
 
 from ..capture import check_layers
 from ..cli_args import DEFAULT_LAYER, add_model_arguments, add_output_argument
-from ..cli_checks import ModelPlan, check_distinct_stems, check_extract_options, plan_model
+from ..cli_checks import ModelPlan, check_distinct_stems, check_extract_options, load_planned, plan_model
 from ..errors import DiTFInputError
 from ..image_files import open_image
+from ..pipeline import DiTFPipeline
 from ..video import FrameFolder, PropagationSettings, TrackSettings, pipeline_source, video_defaults
 from ..video.stream import FeatureSource
 from ..wording import plural
@@ -76,6 +77,10 @@ class VideoPlan:
     model: ModelPlan
     extraction: dict
     discard: str
+
+    def load(self) -> DiTFPipeline:
+        """The pipeline (with --load-blocks auto only the blocks through the extraction layer)."""
+        return load_planned(self.model, [self.extraction["layer"]])
 
     def source(self, pipeline) -> FeatureSource:
         """The frames -> DiTFeatures source of the loaded ``pipeline`` (one discard set per clip)."""

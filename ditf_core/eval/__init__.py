@@ -10,7 +10,7 @@ where ``extractor`` is any ``PIL.Image -> DiTFeatures`` callable.
 """
 
 from .datasets import READERS, Pair, read_ap10k, read_pfpascal, read_spair
-from .harness import cache_path, evaluate, settings_digest
+from .harness import cache_path, evaluate, evaluate_on_ranks, settings_digest, unique_images
 from .pck import ALPHAS, PairScore, correct_points, format_table, summarize
 
 __all__ = [
@@ -21,10 +21,12 @@ __all__ = [
     "cache_path",
     "correct_points",
     "evaluate",
+    "evaluate_on_ranks",
     "format_table",
     "read_ap10k",
     "read_pfpascal",
     "read_spair",
     "settings_digest",
     "summarize",
+    "unique_images",
 ]

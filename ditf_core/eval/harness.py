@@ -3,34 +3,29 @@
 The extractor is any callable ``PIL.Image -> DiTFeatures`` (batch of one, mapping for that image), so the
 harness runs without a model; the CLI wires it to :class:`ditf_core.pipeline.DiTFPipeline`.
 
-Feature cache: one safetensors file per image (:meth:`DiTFeatures.save`) under
-``<cache_dir>/<settings digest>/<path digest>-<stem>.safetensors``, where the settings digest hashes the
-extraction settings (model, layer, t, ...) and the path digest the image's resolved path. Files are written
-atomically, so an interrupted run leaves no half-written entry and a rerun extracts only what is missing.
+Feature cache: the feature store of :mod:`ditf_core.dataset.store` (one safetensors file per image under
+``<cache_dir>/<settings digest>/``, written atomically), so an interrupted run leaves no half-written entry and a
+rerun extracts only what is missing. Under torchrun, :func:`evaluate_on_ranks` extracts the missing images on every
+rank first (each unique image once) and scores on rank 0 from the cache.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-from PIL import Image
-
+from ..dataset.ranks import Ranks
+from ..dataset.runner import extract_on_ranks, unique_paths
+from ..dataset.store import Extractor, cache_path, extract_into, read_cached, settings_digest
 from ..errors import DiTFInputError
 from ..features import DiTFeatures
-from ..image_files import open_image
-from ..outputs import write_json
 from ..matching import match_points
 from .datasets import Pair
 from .pck import ALPHAS, PairScore, correct_points, summarize
 
-Extractor = Callable[[Image.Image], DiTFeatures]
 ProgressFn = Callable[[int, int], None]
-CACHE_FORMAT = 1
+__all__ = ["cache_path", "evaluate", "evaluate_on_ranks", "settings_digest", "unique_images"]
 
 
 def evaluate(
@@ -71,17 +66,39 @@ def evaluate(
     }
 
 
-def settings_digest(settings: dict) -> str:
-    """A stable hash of extraction settings (JSON, sorted keys)."""
-    text = json.dumps({"cache_format": CACHE_FORMAT, **settings}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+def evaluate_on_ranks(
+    pairs: Sequence[Pair],
+    extractor: Extractor,
+    *,
+    ranks: Ranks,
+    cache_dir: str | Path | None,
+    cache_settings: dict | None,
+    show_progress: bool = True,
+    **options,
+) -> dict | None:
+    """:func:`evaluate` for a torchrun launch: every rank extracts its share of the images the cache lacks (each
+    image once, whatever the number of pairs it is in), then rank 0 scores from the cache and returns the result,
+    with the extraction run's summary under "extraction"; the other ranks return None.
+
+    options: as :func:`evaluate` (match, alphas, keep_predictions, progress, memory_items).
+    """
+    if cache_dir is None or not cache_settings:
+        raise DiTFInputError("ranks share their features through the cache: give a cache folder and its settings "
+                             "(drop --no-cache)")
+    run = extract_on_ranks(unique_images(pairs), extractor, cache_dir, cache_settings, ranks=ranks,
+                           show_progress=show_progress)
+    if not ranks.main:
+        return None
+    result = evaluate(pairs, extractor, cache_dir=cache_dir, cache_settings=cache_settings, **options)
+    result["features"] = {"extracted": run["extracted"] + result["features"]["extracted"],
+                          "cached": run["stored_before"]}
+    return {**result, "extraction": run}
 
 
-def cache_path(cache_dir: str | Path, settings: dict, image_path: str | Path) -> Path:
-    """Where the features of ``image_path`` extracted with ``settings`` live in ``cache_dir``."""
-    image_path = Path(image_path)
-    key = hashlib.sha256(str(image_path.resolve()).encode()).hexdigest()[:16]
-    return Path(cache_dir) / settings_digest(settings)[:16] / f"{key}-{image_path.stem}.safetensors"
+def unique_images(pairs: Sequence[Pair]) -> list[Path]:
+    """The images :func:`evaluate` reads (pairs without keypoints need none), each once, in first-use order."""
+    return unique_paths(path for pair in pairs if pair.source_points.shape[0]
+                        for path in (pair.source_image, pair.target_image))
 
 
 def _score_pair(pair: Pair, features, match: str, alphas, keep_predictions: bool) -> tuple[PairScore, dict]:
@@ -129,41 +146,11 @@ class _FeatureSource:
     def _from_disk(self, image_path: Path) -> DiTFeatures | None:
         if self.cache_dir is None:
             return None
-        path = cache_path(self.cache_dir, self.settings, image_path)
-        if not path.is_file():
-            return None
-        try:
-            features = DiTFeatures.load(path)
-            with Image.open(image_path) as image:  # reads the header only
-                stale = tuple(features.mapping.image_size) != image.size or features.batch != 1
-        except Exception:  # a damaged entry is re-extracted, never trusted
-            return None
-        if stale:  # the image changed since it was cached
-            return None
-        self.cached += 1
+        features = read_cached(self.cache_dir, self.settings, image_path)
+        self.cached += features is not None
         return features
 
     def _extract(self, image_path: Path) -> DiTFeatures:
-        if not image_path.is_file():
-            raise FileNotFoundError(f"image {image_path} is missing; check the dataset folder (ROOT)")
-        image = open_image(image_path)
-        features = self.extractor(image)
-        if not isinstance(features, DiTFeatures) or features.batch != 1:
-            raise TypeError(f"the extractor must return DiTFeatures of one image, got {type(features).__name__}")
-        if tuple(features.mapping.image_size) != image.size:
-            raise DiTFInputError(
-                f"the extractor mapped {image_path} as {features.mapping.image_size} but the image is {image.size}; "
-                "its mapping must describe the original image"
-            )
+        features = extract_into(self.cache_dir, self.settings, image_path, self.extractor)
         self.extracted += 1
-        if self.cache_dir is not None:
-            _save_to_cache(features, cache_path(self.cache_dir, self.settings, image_path), self.settings)
         return features
-
-
-def _save_to_cache(features: DiTFeatures, path: Path, settings: dict) -> None:
-    """The entry and, once per settings folder, the settings that key it (both written atomically)."""
-    manifest = path.parent / "settings.json"
-    if not manifest.exists():
-        write_json(manifest, settings, default=str)
-    features.to(torch.device("cpu")).save(path)
