@@ -17,7 +17,6 @@ from ..cli_checks import (
     load_planned,
     plan_model,
 )
-from ..errors import DiTFInputError
 from ..outputs import OutputFolder, save_image
 from ..wording import plural
 from .dino_options import add_dino_arguments, check_dino_options, fuse_images, load_dino
