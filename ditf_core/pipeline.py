@@ -35,6 +35,7 @@ from .recipe import (
     check_channels,
     check_timestep,
     plan_passes,
+    text_token_count,
 )
 
 MODES = ("ditf", "adaln", "original")
@@ -266,7 +267,7 @@ class DiTFPipeline:
             micro_batch = auto_micro_batch(
                 self.device, rows=s.ensemble * pixels.shape[0], images=pixels.shape[0],
                 image_tokens=latents.shape[-2] * latents.shape[-1] // self.family.patch**2,
-                text_tokens=text_embeds.shape[-2], hidden_size=self.family.hidden_size(self.transformer),
+                text_tokens=text_token_count(text_embeds), hidden_size=self.family.hidden_size(self.transformer),
                 dtype=self.dtype, layers=len(set(layers)),
             )
         captured = capture_ensemble(

@@ -285,6 +285,13 @@ def _check_latents(transformer, family, latents, noise):
     return latents, noise
 
 
+def text_token_count(text_embeds: TextEmbeds) -> int:
+    """Text tokens one row carries: L of a [B, L, D] tensor, or the sum over the streams of a dict (each
+    batch-first with its tokens on the second-to-last axis; HiDream's Llama stream is [B, layers, L', D])."""
+    streams = text_embeds.values() if isinstance(text_embeds, dict) else [text_embeds]
+    return sum(int(value.shape[-2]) for value in streams)
+
+
 def rows_of(text_embeds: TextEmbeds, rows: torch.Tensor, device=None, dtype=None) -> TextEmbeds:
     """Rows ``rows`` of batch-first text embeddings (a tensor, or a dict of them), moved to device / dtype."""
     if isinstance(text_embeds, dict):
