@@ -87,17 +87,21 @@ def other_image(graph, files):
     graph["fuse_a"]["inputs"]["image"] = ["small", 0]
 
 
-@pytest.mark.parametrize("change, node, message", [
-    (clip_instead_of_dino, "fuse_a", "clip_vision holds a CLIP vision model (CLIPVisionModelProjection), not DINOv2"),
-    (unfused_target, "match", "source is fused with DINOv2 32-wide"),
-    (other_image, "fuse_a", "image is 200x150 but the features were extracted from images of 384x288"),
+# Both Fuse nodes read the one CLIP vision loader, so either may run first and report the CLIP model (ComfyUI does
+# not promise an order between independent nodes); the error stops the run at the first.
+@pytest.mark.parametrize("change, nodes, message", [
+    (clip_instead_of_dino, {"fuse_a", "fuse_b"},
+     "clip_vision holds a CLIP vision model (CLIPVisionModelProjection), not DINOv2"),
+    (unfused_target, {"match"}, "source is fused with DINOv2 32-wide"),
+    (other_image, {"fuse_a"}, "image is 200x150 but the features were extracted from images of 384x288"),
 ])
-def test_bad_input_is_reported(server, vision_files, change, node, message):
+def test_bad_input_is_reported(server, vision_files, change, nodes, message):
     graph = fusion_graph(server.files, vision_files["dino"])
     change(graph, vision_files)
     entry = server.run(graph)
     assert not succeeded(entry) and message in error_message(entry), error_message(entry)
-    assert [m["node_id"] for m in messages(entry, "execution_error")] == [node]
+    (failed,) = [m["node_id"] for m in messages(entry, "execution_error")]
+    assert failed in nodes
 
 
 def test_the_server_carries_on_after_bad_input(server, vision_files):
