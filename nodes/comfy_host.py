@@ -50,7 +50,7 @@ from ..ditf_core.families import DiTFamily, FamilyDefaults, Modulation
 from ..ditf_core.images import resize_for_model
 from ..ditf_core.pipeline import draw_noise
 from ..ditf_core.recipe import EnsembleCapture, ProgressFn, average_over_ensemble, kept_bytes
-from .families import ComfyFamily, HostShape, comfy_family_for
+from .families import COMFY_FAMILIES, ComfyFamily, HostShape, comfy_family_for
 from .families.base import zero_text_streams
 from .model import DEFAULT_GUIDANCE, TextConditioning, parse_conditioning
 
@@ -426,6 +426,12 @@ def dit_clone(model, name: str = "model") -> DiTClone:
                         f"got {type(model).__name__}")
     diffusion = model.get_model_object("diffusion_model")
     adapter = comfy_family_for(model.model, diffusion)
+    if adapter.mechanism != "dit_patch":
+        # These patches act while sampling, through patches_replace["dit"], which this family's forward never reads:
+        # they would silently do nothing.
+        patchable = ", ".join(family.supported for family in COMFY_FAMILIES if family.mechanism == "dit_patch")
+        raise ValueError(f"{name} is a {adapter.supported} model, whose ComfyUI forward has no block-replace patch "
+                         f"points, so massive-activation patches cannot act on it; use one of: {patchable}")
     return DiTClone(model.clone(), adapter, adapter.shape(diffusion))
 
 

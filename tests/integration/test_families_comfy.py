@@ -97,6 +97,19 @@ def test_each_family_is_detected_with_its_mechanism_and_the_core_structure(mods,
     assert host.context_dim == family.text_width(transformer)
 
 
+@pytest.mark.parametrize("name", ["lumina2", "auraflow"])
+def test_massive_activation_patches_refuse_families_without_block_replace_points(mods, pairs, name):
+    # Transport / Disruption / Detail Guidance act through patches_replace["dit"] while sampling; an object-patch
+    # family's forward never reads it, so a patch would silently do nothing: refused, naming the families that work.
+    model, _ = tiny(pairs, name)
+    if MECHANISMS[name] == "dit_patch":
+        assert mods["comfy_host"].dit_clone(model).adapter.mechanism == "dit_patch"
+        return
+    with pytest.raises(ValueError, match="no block-replace patch points.*use one of: .*Flux"):
+        mods["comfy_host"].dit_clone(model)
+    assert not model.model_options.get("transformer_options", {}).get("patches_replace")
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_block_inputs_equal_the_diffusers_host_on_converted_weights(mods, pairs, wan_vaes, name):
     """Same latents, noise and text through both hosts: the ensemble-averaged block inputs and their modulation give
