@@ -31,7 +31,7 @@ class FindLayer(io.ComfyNode):
             display_name="Find DiTF Layer (DiTF)",
             category="DiTF",
             description="Measures which block and t give this model its most faithful correspondences on your own "
-            "images: known random warps, every block captured in one pass per t, PCK@0.05/0.10 against the warp.",
+            "images: known random warps, every block captured in one pass per t, PCK at 0.05 and 0.10 vs the warp.",
             is_output_node=True,  # shows its plot on the node
             inputs=[
                 DiTFModelType.Input("ditf_model", tooltip="From Load DiT (DiTF) or Load DiT from diffusers folder."),
@@ -57,12 +57,12 @@ class FindLayer(io.ComfyNode):
                 *text_inputs(),
             ],
             outputs=[
-                io.Int.Output(display_name="layer", tooltip="The best block (highest PCK@0.10): connect it to "
+                io.Int.Output(display_name="layer", tooltip="The best block (highest PCK at 0.10): connect it to "
                               "Extract DiTF Features' layer (convert that widget to an input)."),
                 io.Float.Output(display_name="t", tooltip="The best t: connect it to Extract DiTF Features' t."),
-                io.String.Output(display_name="table", tooltip="PCK@0.05 / PCK@0.10 (%) of every block at every t, "
+                io.String.Output(display_name="table", tooltip="PCK at 0.05 / at 0.10 (%) of every block at every t, "
                                  "the best row marked."),
-                io.Image.Output(display_name="plot", tooltip="Heatmaps of PCK@0.10 and PCK@0.05 over block x t, the "
+                io.Image.Output(display_name="plot", tooltip="Heatmaps of PCK at 0.10 and at 0.05 over block x t, the "
                                 "best cell ringed."),
                 io.String.Output(display_name="report_json", tooltip="The table as JSON: best (layer, t, PCK), "
                                  "layers, ts, PCK per alpha, scored matches per cell."),

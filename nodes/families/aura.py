@@ -8,7 +8,6 @@ tokens.
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import comfy.model_base
@@ -29,10 +28,11 @@ class AuraFlowComfy(ComfyFamily):
         structure = SimpleNamespace(
             joint_transformer_blocks=list(diffusion.double_layers), single_transformer_blocks=list(diffusion.single_layers),
             register_tokens=int(diffusion.register_tokens.shape[1]),
+            # what AuraFlowFamily reads for its resolution bound: the learned position table holds side^2 entries
+            config=SimpleNamespace(pos_embed_max_size=int(diffusion.positional_encoding.shape[1])),
         )
         hidden = int(diffusion.positional_encoding.shape[-1])
-        side = math.isqrt(int(diffusion.positional_encoding.shape[1]))
-        return HostShape(structure, hidden, int(diffusion.cond_seq_linear.in_features), None, side)
+        return HostShape(structure, hidden, int(diffusion.cond_seq_linear.in_features), None)
 
     def image_slice(self, structure, layer, text_tokens, image_tokens):
         if layer < self.core.split(structure):
