@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from .errors import DiTFInputError
+from .recipe import kept_bytes
 
 BLOCK_WIDTH = 16  # hidden-size-wide activations per token at a block's peak (Flux single block: ~13)
 USABLE = 0.9  # of the free memory; the rest is left to the allocator's fragmentation and the CUDA context
@@ -44,7 +45,7 @@ def auto_micro_batch(
         return None
     free, _ = torch.cuda.mem_get_info(device)
     per_row = row_bytes(image_tokens=image_tokens, text_tokens=text_tokens, hidden_size=hidden_size, dtype=dtype)
-    reserved = images * layers * image_tokens * hidden_size * 4  # the running float32 sums
+    reserved = kept_bytes(images, image_tokens, hidden_size, layers)  # the running float32 sums
     return choose_micro_batch(rows, per_row=per_row, free=free, reserved=reserved, device=str(device))
 
 

@@ -276,10 +276,12 @@ class ComfyHost:
                 paths.append(path)
             else:
                 key = self.adapter.patch_key(self.structure, layer)
-                # A block that only checks Cancel runs as it would have, through another node's patch if there is
-                # one; a captured block runs the original (another node's patch on it is bypassed: README limits).
-                chained = None if report is not None else replaced.get(key)
-                clone.set_model_patch_replace(_replace_patch(report, stop, chained), "dit", *key)
+                patch = _replace_patch(report, stop)
+                if report is None:
+                    # A block that only checks Cancel runs as it would have, through another node's patch if there
+                    # is one; a captured block runs the original (another node's patch on it is bypassed: README).
+                    patch = _chain(patch, replaced.get(key))
+                clone.set_model_patch_replace(patch, "dit", *key)
         return paths
 
 
@@ -298,9 +300,9 @@ def _block_reporter(consumer: list, reached: set, adapter: ComfyFamily, layer: i
     return report
 
 
-def _replace_patch(report, stop: bool, chained=None):
+def _replace_patch(report, stop: bool):
     """A ``patches_replace["dit"]`` patch: honour Cancel, report (when ``report`` is given), then stop or run the
-    block (through ``chained``, a patch that was there before ours, when given)."""
+    block."""
 
     def patch(args: dict, extra: dict) -> dict:
         check_interrupted()
@@ -308,7 +310,7 @@ def _replace_patch(report, stop: bool, chained=None):
             report(args)
         if stop:
             raise StopForward
-        return extra["original_block"](args) if chained is None else chained(args, extra)
+        return extra["original_block"](args)
 
     return patch
 
